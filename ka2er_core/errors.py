@@ -52,3 +52,7 @@ class EmptyMaskError(Ka2erError):
 
 class DatasetError(Ka2erError):
     """A dataset folder (Medical Segmentation Decathlon / nnU-Net v2) is incomplete or inconsistent."""
+
+
+class PromptError(Ka2erError):
+    """A prompt (point or box) is malformed or lies outside the image."""

@@ -1,0 +1,330 @@
+"""The interactive session: RAS clicks and boxes in, masks on the volume's own grid out.
+
+The image embedding of a crop is computed once and cached (shared by every target); a click inside
+the cached crop runs only the prompt encoder and mask decoder, and only the voxels whose answer can
+have changed are re-rendered and pasted into the mask.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Optional, Sequence, Union
+
+import numpy as np
+import torch
+
+from ..bundle import Bundle, Segmenter, load_bundle
+from ..errors import GeometryMismatchError, PromptError
+from ..geometry import box_corners, ijk_to_ras_points, ras_to_ijk, resample
+from ..modeling.prompt_encoder import (BOX_HIGH, BOX_LOW, FLAT_BOX_HIGH, FLAT_BOX_LOW, NEGATIVE,
+                                       POSITIVE)
+from ..volume import Grid, Volume
+from .crops import (ZOOM_STEP, covers, plan_crop, region_slices, sample_logits,
+                    sign_change_bounds, touched_faces)
+
+Region = tuple[slice, slice, slice]
+MAX_ZOOM_OUTS = 4
+EMBEDDING_CACHE_SIZE = 4
+
+
+@dataclass(frozen=True)
+class Result:
+    """``region``: the (k, j, i) slices of the volume that were rewritten (None if nothing changed);
+    ``score``: predicted IoU; ``expert``: the model that answered; ``latency_ms``: wall time."""
+
+    region: Optional[Region]
+    score: float
+    expert: str
+    latency_ms: float
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """A point (``low`` only) or a box (``low``/``high`` corners), RAS mm."""
+
+    low: np.ndarray
+    high: Optional[np.ndarray] = None
+    positive: bool = True
+
+
+@dataclass
+class CropState:
+    grid: Grid
+    logits: np.ndarray  # (S, S, S) last prediction on this crop, float32
+
+
+@dataclass
+class UndoStep:
+    region: Optional[Region]
+    previous: Optional[np.ndarray]
+    prompts: list[Prompt]
+    crop: Optional[CropState]
+    bounds: Optional[tuple[np.ndarray, np.ndarray]]
+
+
+@dataclass
+class Target:
+    """One segment being edited: its mask (uint8, (k, j, i)), prompts and history."""
+
+    mask: np.ndarray
+    prompts: list[Prompt] = field(default_factory=list)
+    history: list[UndoStep] = field(default_factory=list)
+    crop: Optional[CropState] = None
+    bounds: Optional[tuple[np.ndarray, np.ndarray]] = None  # RAS box enclosing the mask
+
+
+def pick_device(device: Union[str, torch.device]) -> torch.device:
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+class InteractiveSession:
+    """Prompt-based segmentation of one volume, several targets (segments) at a time.
+
+    ``model`` is a :class:`~ka2er_core.bundle.Bundle` (default: the shipped demo bundle).
+    """
+
+    def __init__(self, model: Optional[Bundle] = None, device: Union[str, torch.device] = "auto"):
+        self.device = pick_device(device)
+        self.bundle = model if model is not None else load_bundle()
+        self.segmenter: Segmenter = self.bundle.default
+        self.segmenter.model.to(self.device)
+        self.volume: Optional[Volume] = None
+        self.targets: dict[str, Target] = {}
+        self.target_name = "Segment_1"
+        self._embeddings: OrderedDict = OrderedDict()
+
+    # ---- image and targets ----
+
+    def set_image(self, volume: Volume) -> None:
+        """Use ``volume`` (not copied); clears targets and cached embeddings."""
+        self.volume = volume
+        self._stats = self.segmenter.normalization.statistics(volume.array)
+        self._fill = float(np.min(volume.array[::4, ::4, ::4]))
+        self.targets.clear()
+        self._embeddings.clear()
+
+    def set_target(self, name: str) -> None:
+        """Make ``name`` the current target (created empty on first use); embeddings stay cached."""
+        self.target_name = name
+
+    @property
+    def target(self) -> Target:
+        volume = self._require_image()
+        if self.target_name not in self.targets:
+            self.targets[self.target_name] = Target(np.zeros(volume.shape, dtype=np.uint8))
+        return self.targets[self.target_name]
+
+    @property
+    def mask(self) -> np.ndarray:
+        """The current target's mask, uint8 (k, j, i) on the volume's grid."""
+        return self.target.mask
+
+    # ---- prompts ----
+
+    def add_point(self, ras: Sequence[float], positive: bool = True) -> Result:
+        point = self._check_point(ras, "point")
+        return self._prompt(Prompt(point, None, bool(positive)))
+
+    def add_box(self, corner_a: Sequence[float], corner_b: Sequence[float]) -> Result:
+        a, b = self._check_point(corner_a, "box corner"), self._check_point(corner_b, "box corner")
+        return self._prompt(Prompt(np.minimum(a, b), np.maximum(a, b), True))
+
+    def set_mask(self, mask: Union[np.ndarray, Volume]) -> None:
+        """Start from an existing mask (k, j, i): it becomes the previous-mask prompt and the undo base."""
+        volume = self._require_image()
+        if isinstance(mask, Volume):
+            if not mask.grid.same_as(volume.grid):
+                raise GeometryMismatchError("mask is on a different grid than the image",
+                                            path=mask.path, field="mask")
+            mask = mask.array
+        if tuple(mask.shape) != volume.shape:
+            raise GeometryMismatchError(f"mask shape {tuple(mask.shape)} differs from the image's "
+                                        f"{volume.shape} (k, j, i)", field="mask")
+        target = Target((np.asarray(mask) != 0).astype(np.uint8))
+        target.bounds = self._mask_bounds(target.mask, (slice(None),) * 3)
+        self.targets[self.target_name] = target
+
+    def undo(self) -> Optional[Region]:
+        """Undo the last prompt of the current target; returns the restored region."""
+        target = self.target
+        if not target.history:
+            return None
+        step = target.history.pop()
+        if step.region is not None:
+            target.mask[step.region] = step.previous
+        target.prompts, target.crop, target.bounds = step.prompts, step.crop, step.bounds
+        return step.region
+
+    def reset(self) -> None:
+        """Clear the current target's mask, prompts and history."""
+        self.targets.pop(self.target_name, None)
+
+    # ---- internals ----
+
+    def _require_image(self) -> Volume:
+        if self.volume is None:
+            raise PromptError("no image: call set_image first", field="image")
+        return self.volume
+
+    def _check_point(self, ras, what: str) -> np.ndarray:
+        volume = self._require_image()
+        point = np.asarray(ras, dtype=np.float64)
+        if point.shape != (3,) or not np.all(np.isfinite(point)):
+            raise PromptError(f"{what} must be 3 finite RAS coordinates, got {ras!r}", field=what)
+        ijk = ras_to_ijk(point, volume.ijk_to_ras)
+        if np.any(ijk < -0.5) or np.any(ijk > np.asarray(volume.shape[::-1]) - 0.5):
+            raise PromptError(f"{what} RAS {point.round(2).tolist()} is outside the image "
+                              f"(voxel {ijk.round(1).tolist()}, size {volume.shape[::-1]})", field=what)
+        return point
+
+    def _mask_bounds(self, mask: np.ndarray, region: Region):
+        """RAS box enclosing the foreground of ``mask[region]`` (None if empty)."""
+        sub = mask[region]
+        if not sub.any():
+            return None
+        lo, hi = [], []
+        for axis, s in zip((2, 1, 0), (region[2], region[1], region[0])):
+            other = tuple(a for a in range(3) if a != axis)
+            nonzero = np.flatnonzero(sub.any(axis=other))
+            start = s.start or 0
+            lo.append(start + nonzero[0])
+            hi.append(start + nonzero[-1])
+        corners = ijk_to_ras_points(box_corners(lo, hi), self.volume.ijk_to_ras)
+        return corners.min(axis=0), corners.max(axis=0)
+
+    def _roi(self, target: Target, prompts: list[Prompt]):
+        points = [p.low for p in prompts] + [p.high for p in prompts if p.high is not None]
+        if target.bounds is not None:
+            points += list(target.bounds)
+        points = np.array(points)
+        return points.min(axis=0), points.max(axis=0)
+
+    def _embedding(self, crop: Grid):
+        key = (self.segmenter.name, tuple(np.round(crop.ijk_to_ras, 4).ravel()))
+        if key in self._embeddings:
+            self._embeddings.move_to_end(key)
+            return self._embeddings[key]
+        volume = self.volume
+        image = resample(volume.array, volume.ijk_to_ras, crop, order=1, fill=self._fill)
+        image = self.segmenter.normalization.apply(image, self._stats)
+        tensor = torch.from_numpy(image)[None, None].to(self.device)
+        with torch.inference_mode():
+            embedding = self.segmenter.model.embed(tensor)
+        self._embeddings[key] = embedding
+        while len(self._embeddings) > EMBEDDING_CACHE_SIZE:
+            self._embeddings.popitem(last=False)
+        return embedding
+
+    def _prior(self, target: Target, crop: Grid) -> np.ndarray:
+        """The current mask as crop logits (+1 inside, -1 outside) on ``crop``."""
+        if target.crop is not None and target.crop.grid.same_as(crop):
+            return target.crop.logits
+        if target.bounds is None:
+            return np.full(crop.shape, -1.0, dtype=np.float32)
+        inside = resample(target.mask, self.volume.ijk_to_ras, crop, order=0)
+        return np.where(inside > 0, 1.0, -1.0).astype(np.float32)
+
+    def _encode_prompts(self, prompts: list[Prompt], crop: Grid):
+        coords, labels = [], []
+        for prompt in prompts:
+            if prompt.high is None:
+                coords.append(ras_to_ijk(prompt.low, crop.ijk_to_ras))
+                labels.append(POSITIVE if prompt.positive else NEGATIVE)
+            else:
+                lo = ras_to_ijk(prompt.low, crop.ijk_to_ras)
+                hi = ras_to_ijk(prompt.high, crop.ijk_to_ras)
+                flat = np.any(np.abs(hi - lo) < 1.0)
+                coords += [np.minimum(lo, hi), np.maximum(lo, hi)]
+                labels += [FLAT_BOX_LOW, FLAT_BOX_HIGH] if flat else [BOX_LOW, BOX_HIGH]
+        coords = torch.tensor(np.array(coords), dtype=torch.float32, device=self.device)[None]
+        labels = torch.tensor(labels, dtype=torch.long, device=self.device)[None]
+        return coords, labels
+
+    def _decode(self, prompts: list[Prompt], crop: Grid, prior: np.ndarray):
+        embedding = self._embedding(crop)
+        coords, labels = self._encode_prompts(prompts, crop)
+        has_mask = bool((prior > 0).any())
+        mask = (torch.from_numpy((prior > 0).astype(np.float32))[None, None].to(self.device)
+                if has_mask else None)
+        with torch.inference_mode():
+            logits, iou = self.segmenter.model.decode(embedding, coords, labels, mask)
+        return logits[0, 0].float().cpu().numpy(), float(iou[0])
+
+    def _choose_crop(self, target: Target, low, high) -> Grid:
+        s = self.segmenter
+        needed = plan_crop(low, high, s.crop_size, s.base_spacing, s.max_spacing)
+        if target.crop is not None:
+            current = target.crop.grid
+            if covers(current, low, high) and current.spacing[0] <= needed.spacing[0] * ZOOM_STEP ** 2:
+                return current
+        return needed
+
+    def _prompt(self, prompt: Prompt) -> Result:
+        start = time.perf_counter()
+        target = self.target
+        prompts = target.prompts + [prompt]
+        low, high = self._roi(target, prompts)
+        crop = self._choose_crop(target, low, high)
+        prior = self._prior(target, crop)
+        logits, score = self._decode(prompts, crop, prior)
+        s = self.segmenter
+        for _ in range(MAX_ZOOM_OUTS):  # the object runs past the crop: zoom out until it fits
+            faces = touched_faces(logits > 0)
+            if not faces or crop.spacing[0] >= s.max_spacing:
+                break
+            grown_low, grown_high = self._grow(crop, logits > 0, faces)
+            low, high = np.minimum(low, grown_low), np.maximum(high, grown_high)
+            bigger = plan_crop(low, high, s.crop_size, s.base_spacing, s.max_spacing)
+            if bigger.spacing[0] <= crop.spacing[0]:
+                bigger = plan_crop(low, high, s.crop_size, min(crop.spacing[0] * ZOOM_STEP ** 2,
+                                                               s.max_spacing), s.max_spacing)
+            carried = resample(logits, crop.ijk_to_ras, bigger, order=1, fill=-1.0)
+            crop = bigger
+            logits, score = self._decode(prompts, crop, carried)
+        old = self._prior(target, crop)
+        return self._paste(target, prompts, crop, logits, old, score, start)
+
+    @staticmethod
+    def _grow(crop: Grid, inside: np.ndarray, faces) -> tuple[np.ndarray, np.ndarray]:
+        """RAS box of the crop's foreground, extended by half a crop past each touched face."""
+        lo, hi = [], []
+        for axis in (2, 1, 0):
+            other = tuple(a for a in range(3) if a != axis)
+            nonzero = np.flatnonzero(inside.any(axis=other))
+            lo.append(float(nonzero[0]))
+            hi.append(float(nonzero[-1]))
+        lo, hi = np.array(lo), np.array(hi)
+        half = crop.shape[0] / 2
+        for axis, side in faces:
+            if side < 0:
+                lo[axis] -= half
+            else:
+                hi[axis] += half
+        corners = ijk_to_ras_points(box_corners(lo, hi), crop.ijk_to_ras)
+        return corners.min(axis=0), corners.max(axis=0)
+
+    def _paste(self, target, prompts, crop, logits, old, score, start) -> Result:
+        bounds = sign_change_bounds(logits, old)
+        region = None if bounds is None else region_slices(crop, self.volume.grid, *bounds)
+        step = UndoStep(region, None, target.prompts, target.crop, target.bounds)
+        if region is not None:
+            rendered, reached = sample_logits(torch.from_numpy(logits), crop, self.volume.grid,
+                                              region)
+            step.previous = target.mask[region].copy()
+            # Voxels the crop does not reach keep their value.
+            target.mask[region] = np.where(reached, rendered, step.previous)
+            new_bounds = self._mask_bounds(target.mask, region)
+            if target.bounds is None:
+                target.bounds = new_bounds
+            elif new_bounds is not None:
+                target.bounds = (np.minimum(target.bounds[0], new_bounds[0]),
+                                 np.maximum(target.bounds[1], new_bounds[1]))
+        target.history.append(step)
+        target.prompts = prompts
+        target.crop = CropState(crop, logits)
+        return Result(region, score, self.segmenter.name,
+                      (time.perf_counter() - start) * 1000)

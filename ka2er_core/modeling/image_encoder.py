@@ -1,0 +1,73 @@
+"""Image encoder: MONAI's Swin transformer (the SwinUNETR backbone) plus a neck.
+
+Input: a normalised crop (B, 1, S, S, S) in (k, j, i) order, S = ``crop_size``. Output: an
+:class:`ImageEmbedding` computed once per crop and reused for every click on it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from monai.networks.nets.swin_unetr import SwinTransformer
+from torch import nn
+
+from .common import LayerNorm3d
+from .config import ModelConfig
+
+
+@dataclass
+class ImageEmbedding:
+    """Everything the decoder needs about one crop.
+
+    ``embedding`` (B, dim, S/8, S/8, S/8): the image tokens. ``skip_quarter`` (B, dim/2, S/4, ...) and
+    ``skip_half`` (B, dim/4, S/2, ...): encoder features for upsampling. ``fine`` (B, fine_channels,
+    S, S, S): full-resolution features for the final mask. ``hidden_states``: the backbone's five
+    stages (1/2 to 1/32), the multi-scale features the amalgamation layer taps.
+    """
+
+    embedding: torch.Tensor
+    skip_quarter: torch.Tensor
+    skip_half: torch.Tensor
+    fine: torch.Tensor
+    hidden_states: list[torch.Tensor]
+
+    def detach(self) -> "ImageEmbedding":
+        return ImageEmbedding(self.embedding.detach(), self.skip_quarter.detach(),
+                              self.skip_half.detach(), self.fine.detach(),
+                              [h.detach() for h in self.hidden_states])
+
+
+class ImageEncoder(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        e = config.encoder_embed_dim
+        self.backbone = SwinTransformer(
+            in_chans=config.in_channels, embed_dim=e, window_size=(config.encoder_window,) * 3,
+            patch_size=(2, 2, 2), depths=config.encoder_depths, num_heads=config.encoder_heads,
+            spatial_dims=3, use_v2=True)
+        # Stages of the backbone: 1/2 (e), 1/4 (2e), 1/8 (4e), 1/16 (8e), 1/32 (16e) channels.
+        self.to_tokens = nn.ModuleList(nn.Conv3d(c, config.dim, 1) for c in (4 * e, 8 * e, 16 * e))
+        self.neck = nn.Sequential(LayerNorm3d(config.dim),
+                                  nn.Conv3d(config.dim, config.dim, 3, padding=1),
+                                  LayerNorm3d(config.dim))
+        self.to_skip_quarter = nn.Conv3d(2 * e, config.dim // 2, 1)
+        self.to_skip_half = nn.Conv3d(e, config.dim // 4, 1)
+        self.fine = nn.Sequential(
+            nn.Conv3d(config.in_channels, config.fine_channels, 3, padding=1), nn.GELU(),
+            nn.Conv3d(config.fine_channels, config.fine_channels, 3, padding=1))
+
+    def forward(self, image: torch.Tensor) -> ImageEmbedding:
+        """image (B, C, S, S, S) -> ImageEmbedding."""
+        hidden = self.backbone(image, normalize=True)
+        size = hidden[2].shape[2:]
+        tokens = sum(F.interpolate(proj(h), size=size, mode="trilinear", align_corners=False)
+                     if h.shape[2:] != size else proj(h)
+                     for proj, h in zip(self.to_tokens, hidden[2:]))
+        return ImageEmbedding(
+            embedding=self.neck(tokens),
+            skip_quarter=self.to_skip_quarter(hidden[1]),
+            skip_half=self.to_skip_half(hidden[0]),
+            fine=self.fine(image),
+            hidden_states=list(hidden))

@@ -1,0 +1,139 @@
+"""Training the general promptable model: iterative click simulation with the previous mask fed back."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy import ndimage
+from torch import nn
+
+from ..modeling import PromptableSegmenter
+from ..modeling.normalization import Normalization
+from ..modeling.prompt_encoder import NEGATIVE, PAD, POSITIVE
+from .clicks import next_click
+from .losses import dice_bce_loss, dice_score
+from .samples import CropSample, LabelledImage, make_crop_sample
+
+
+@dataclass
+class TargetSpec:
+    """A segmentation target of a task: its name and the label values whose union it is."""
+
+    task: str
+    name: str
+    values: tuple[int, ...]
+
+
+class PromptableStep(nn.Module):
+    """``forward(images, truths, coords, labels, start_masks, extra_clicks) -> (loss, metrics)``.
+
+    images, truths (B, 1, S, S, S); coords (B, N, 3) crop-voxel (i, j, k); labels (B, N); start_masks
+    (B, 1, S, S, S) or None (a damaged mask to correct); ``extra_clicks`` no-grad rounds of
+    predict-then-click before the trained prediction.
+    """
+
+    def __init__(self, model: PromptableSegmenter):
+        super().__init__()
+        self.model = model
+
+    def forward(self, images, truths, coords, labels, start_masks=None, extra_clicks: int = 0):
+        embedding = self.model.embed(images)
+        truth_np = truths[:, 0].cpu().numpy() > 0.5
+        previous = start_masks
+        if previous is not None:  # correcting a given mask starts with a click on its worst error
+            coords, labels = add_clicks(coords, labels, previous[:, 0].cpu().numpy() > 0.5, truth_np)
+        for _ in range(extra_clicks):  # predict, then click where the prediction is wrong
+            with torch.no_grad():
+                logits, _ = self.model.decode(embedding.detach(), coords, labels, previous)
+            previous = (logits > 0).float()
+            coords, labels = add_clicks(coords, labels, previous[:, 0].cpu().numpy(), truth_np)
+        logits, iou = self.model.decode(embedding, coords, labels, previous)
+        actual = dice_score(logits > 0, truths > 0.5)
+        loss = dice_bce_loss(logits, truths) + F.mse_loss(iou, actual.detach())
+        return loss, {"dice": actual.mean().detach()}
+
+
+def add_clicks(coords: torch.Tensor, labels: torch.Tensor, prediction: np.ndarray, truth: np.ndarray):
+    """Append the protocol's next click for each item (PAD when its mask is already perfect)."""
+    new_coords, new_labels = [], []
+    for b in range(prediction.shape[0]):
+        click = next_click(prediction[b] > 0.5, truth[b])
+        if click is None:
+            new_coords.append(np.zeros(3))
+            new_labels.append(PAD)
+        else:
+            kji, positive = click
+            new_coords.append(kji[::-1].astype(np.float64))
+            new_labels.append(POSITIVE if positive else NEGATIVE)
+    extra = torch.tensor(np.array(new_coords), dtype=coords.dtype, device=coords.device)[:, None]
+    extra_labels = torch.tensor(new_labels, dtype=labels.dtype, device=labels.device)[:, None]
+    return torch.cat([coords, extra], 1), torch.cat([labels, extra_labels], 1)
+
+
+def damaged(truth: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A plausible wrong mask to correct: eroded or dilated, with a hole and a spurious blob."""
+    mask = (ndimage.binary_erosion if rng.random() < 0.5 else ndimage.binary_dilation)(
+        truth, iterations=int(rng.integers(1, 4)))
+    k, j, i = np.indices(truth.shape)
+    for value in (False, True):  # a hole inside, then a blob outside
+        region = truth if not value else ~truth
+        candidates = np.argwhere(region)
+        if len(candidates):
+            centre = candidates[rng.integers(len(candidates))]
+            radius = rng.uniform(2, 6)
+            ball = (k - centre[0]) ** 2 + (j - centre[1]) ** 2 + (i - centre[2]) ** 2 < radius ** 2
+            mask = np.where(ball, value, mask)
+    return mask
+
+
+def collate(samples: Sequence[CropSample], rng: np.random.Generator, max_extra_clicks: int,
+            correct_probability: float) -> dict:
+    """Stack crop samples into a batch for :class:`PromptableStep`."""
+    n = max(len(s.labels) for s in samples)
+    coords = np.zeros((len(samples), n, 3), np.float32)
+    labels = np.full((len(samples), n), PAD, np.int64)
+    for b, s in enumerate(samples):
+        coords[b, : len(s.labels)], labels[b, : len(s.labels)] = s.coords, s.labels
+    truths = np.stack([s.truth for s in samples])[:, None].astype(np.float32)
+    batch = {"images": torch.from_numpy(np.stack([s.image for s in samples])[:, None]),
+             "truths": torch.from_numpy(truths),
+             "coords": torch.from_numpy(coords), "labels": torch.from_numpy(labels),
+             "start_masks": None, "extra_clicks": int(rng.integers(0, max_extra_clicks + 1))}
+    if rng.random() < correct_probability:
+        starts = np.stack([damaged(s.truth, rng) for s in samples])[:, None].astype(np.float32)
+        batch["start_masks"] = torch.from_numpy(starts)
+        batch["extra_clicks"] = 0
+    return batch
+
+
+class CropSampler:
+    """Draws batches of crops over images and targets, the way the session will see them."""
+
+    def __init__(self, items: Sequence[LabelledImage], targets: Sequence[TargetSpec],
+                 normalization: Normalization, crop_size: int, base_spacing: float,
+                 max_spacing: float, batch_size: int, max_extra_clicks: int = 4,
+                 correct_probability: float = 0.15):
+        self.items, self.targets = list(items), list(targets)
+        self.normalization = normalization
+        self.crop = (crop_size, base_spacing, max_spacing)
+        self.batch_size = batch_size
+        self.max_extra_clicks = max_extra_clicks
+        self.correct_probability = correct_probability
+
+    def sample(self, rng: np.random.Generator) -> CropSample:
+        while True:
+            item = self.items[rng.integers(len(self.items))]
+            choices = [t for t in self.targets if t.task == item.task]
+            target = choices[rng.integers(len(choices))]
+            crop = make_crop_sample(item, target.name, target.values, self.normalization, *self.crop,
+                                    rng=rng)
+            if crop is not None:
+                return crop
+
+    def __call__(self, step: int, rng: np.random.Generator) -> dict:
+        samples = [self.sample(rng) for _ in range(self.batch_size)]
+        return collate(samples, rng, self.max_extra_clicks, self.correct_probability)

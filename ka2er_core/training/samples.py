@@ -1,0 +1,103 @@
+"""Training crops built the way the session builds them (same crop planner, same prompts)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import numpy as np
+
+from ..geometry import box_corners, ijk_to_ras_points, ras_to_ijk, resample
+from ..inference.crops import plan_crop
+from ..modeling.normalization import Normalization
+from ..modeling.prompt_encoder import BOX_HIGH, BOX_LOW, FLAT_BOX_HIGH, FLAT_BOX_LOW, POSITIVE
+from ..volume import Grid, Volume
+from .clicks import bounding_box, component_centre, jittered_box
+
+
+@dataclass
+class LabelledImage:
+    """An image, its label map (same grid) and its normalisation statistics."""
+
+    image: Volume
+    label: Volume
+    stats: tuple[float, float]
+    task: str = ""
+
+
+@dataclass
+class CropSample:
+    """One training crop: ``image`` (S, S, S) normalised, ``truth`` (S, S, S) bool, axes (k, j, i);
+    first prompt as crop-voxel (i, j, k) ``coords`` (N, 3) with prompt-kind ``labels`` (N,)."""
+
+    image: np.ndarray
+    truth: np.ndarray
+    coords: np.ndarray
+    labels: np.ndarray
+    task: str
+    target: str
+
+
+def ras_box_of(mask_lo_kji, mask_hi_kji, ijk_to_ras):
+    corners = ijk_to_ras_points(box_corners(mask_lo_kji[::-1], mask_hi_kji[::-1]), ijk_to_ras)
+    return corners.min(axis=0), corners.max(axis=0)
+
+
+def make_crop_sample(item: LabelledImage, target: str, values: Sequence[int], normalization: Normalization,
+                     crop_size: int, base_spacing: float, max_spacing: float,
+                     rng: np.random.Generator, box_probability: float = 0.5) -> Optional[CropSample]:
+    """A crop around one target (the union of label ``values``), or None if the target is absent.
+
+    With ``box_probability`` the first prompt is a jittered box and the crop is planned around it (as
+    the session does for a box); otherwise it is a click at the centre of the largest component and
+    the crop is either planned at the base spacing around the click or zoomed out to the whole
+    object (the two regimes of the session's zoom-out).
+    """
+    volume = item.image
+    truth_full = np.isin(item.label.array, values)
+    if not truth_full.any():
+        return None
+    use_box = rng.random() < box_probability
+    if use_box:
+        lo, hi = jittered_box(truth_full, rng)
+        if rng.random() < 0.2:  # a 2D box on one slice through the object
+            axis = rng.integers(3)
+            lo[axis] = hi[axis] = round(rng.uniform(lo[axis] + 0.3 * (hi[axis] - lo[axis]),
+                                                    hi[axis] - 0.3 * (hi[axis] - lo[axis])))
+        box_low, box_high = ras_box_of(lo, hi, volume.ijk_to_ras)
+        crop = plan_crop(box_low, box_high, crop_size, base_spacing, max_spacing)
+    else:
+        centre, _ = component_centre(truth_full)
+        click = ijk_to_ras_points(centre[::-1].astype(float), volume.ijk_to_ras)
+        if rng.random() < 0.5:
+            crop = plan_crop(click, click, crop_size, base_spacing, max_spacing)
+        else:
+            low, high = ras_box_of(*bounding_box(truth_full), volume.ijk_to_ras)
+            crop = plan_crop(np.minimum(low, click), np.maximum(high, click), crop_size,
+                             base_spacing, max_spacing)
+    # Scale jitter: the same object seen at slightly different zooms.
+    jitter = np.exp(rng.uniform(-0.1, 0.1))
+    matrix = crop.ijk_to_ras.copy()
+    centre_ras = ijk_to_ras_points(np.full(3, (crop_size - 1) / 2), matrix)
+    matrix[:3, :3] *= jitter
+    matrix[:3, 3] = centre_ras - matrix[:3, :3] @ np.full(3, (crop_size - 1) / 2)
+    crop = Grid(crop.shape, matrix)
+
+    fill = float(volume.array.min())
+    image = resample(volume.array, volume.ijk_to_ras, crop, order=1, fill=fill)
+    image = normalization.apply(image, item.stats)
+    image = image * np.exp(rng.uniform(-0.1, 0.1)) + rng.uniform(-0.1, 0.1)  # intensity jitter
+    truth = resample(truth_full.astype(np.uint8), volume.ijk_to_ras, crop, order=0) > 0
+    if not truth.any():
+        return None
+    if use_box:
+        corners = ras_to_ijk(np.array([box_low, box_high]), crop.ijk_to_ras)
+        low, high = corners.min(axis=0), corners.max(axis=0)
+        flat = np.any(high - low < 1.0)
+        coords = np.stack([low, high])
+        labels = np.array([FLAT_BOX_LOW, FLAT_BOX_HIGH] if flat else [BOX_LOW, BOX_HIGH])
+    else:
+        coords = ras_to_ijk(click, crop.ijk_to_ras)[None]
+        labels = np.array([POSITIVE])
+    return CropSample(image.astype(np.float32), truth, coords.astype(np.float32), labels,
+                      item.task, target)

@@ -65,3 +65,17 @@ def test_info_on_truncated_nifti_and_2d_image_gives_one_line_each(tmp_path):
 def test_bad_arguments_exit_non_zero():
     assert ka2er("data", "--out", "x", "--train", "0").returncode == 2
     assert ka2er("no-such-command").returncode == 2
+
+
+def test_data_command_writes_folders_the_reader_loads(tmp_path):
+    from ka2er_core.data import load_dataset
+
+    result = ka2er("data", "--out", tmp_path / "sample", "--train", 1, "--test", 1)
+    assert result.returncode == 0, result.stderr
+    folders = result.stdout.split()
+    assert len(folders) == 4 and "Dataset001_MNIT1" in folders[0]
+    assert "Dataset001_MNIT1" in result.stderr  # progress per case
+    for folder in folders:
+        dataset = load_dataset(folder)
+        images, label = dataset.cases[0].load()
+        assert label.array.any()

@@ -10,22 +10,45 @@ import numpy as np
 from ..errors import NotThreeDimensionalError, UnreadableFileError
 
 
-def load_nifti(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """Array (k, j, i) and ijk_to_ras of a 3D NIfTI (a 4D file with one frame is accepted)."""
+def read_nifti(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Data as nibabel gives it ((i, j, k, ...)) and the affine; failures become UnreadableFileError."""
     try:
         image = nib.load(str(path))
-        data = np.asanyarray(image.dataobj)
+        return np.asanyarray(image.dataobj), np.asarray(image.affine, dtype=np.float64)
     except FileNotFoundError:
         raise UnreadableFileError("no such file", path=path) from None
     except Exception as err:  # truncated gzip streams raise EOFError, zlib.error, OSError...
         raise UnreadableFileError(f"not a readable NIfTI file ({type(err).__name__}: {err})",
                                   path=path) from None
+
+
+def load_nifti(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Array (k, j, i) and ijk_to_ras of a 3D NIfTI (a 4D file with one frame is accepted)."""
+    data, affine = read_nifti(path)
     if data.ndim > 3 and all(n == 1 for n in data.shape[3:]):
         data = data.reshape(data.shape[:3])
     if data.ndim != 3:
         raise NotThreeDimensionalError(f"expected a 3D volume, got shape {data.shape} (i, j, k, ...)",
                                        path=path, field="dim")
-    return np.ascontiguousarray(data.transpose(2, 1, 0)), np.asarray(image.affine, dtype=np.float64)
+    return np.ascontiguousarray(data.transpose(2, 1, 0)), affine
+
+
+def load_nifti_channels(path: Path, channels: int) -> list:
+    """The channels of a 4D NIfTI (channels last, the MSD layout) as one Volume each."""
+    from ..volume import Volume, check_finite
+
+    data, affine = read_nifti(path)
+    if data.ndim == 3 and channels == 1:
+        data = data[..., None]
+    if data.ndim != 4 or data.shape[3] != channels:
+        raise NotThreeDimensionalError(f"expected {channels} channels (i, j, k, c), got shape "
+                                       f"{data.shape}", path=path, field="dim")
+    volumes = []
+    for c in range(channels):
+        array = np.ascontiguousarray(data[..., c].transpose(2, 1, 0))
+        check_finite(array, path=path, field=f"channel {c}")
+        volumes.append(Volume(array, affine, {}, str(path)))
+    return volumes
 
 
 def write_nifti(path: Path, array: np.ndarray, ijk_to_ras: np.ndarray) -> None:

@@ -53,6 +53,19 @@ def run_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_train(args: argparse.Namespace) -> int:
+    from .modeling import ModelConfig
+    from .training.promptable import train_promptable
+
+    config = ModelConfig.tiny() if args.size == "tiny" else ModelConfig.full()
+    out = train_promptable(args.dataset, args.out, steps=args.steps, batch_size=args.batch_size,
+                           config=config, base_spacing=args.base_spacing,
+                           max_spacing=args.max_spacing, lr=args.lr, seed=args.seed,
+                           progress=progress_printer("train"))
+    print(out)
+    return 0
+
+
 def run_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo as demo
 
@@ -79,6 +92,24 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--train", type=positive_int, default=4, help="training cases per task (default 4)")
     data.add_argument("--test", type=positive_int, default=2, help="held-out cases per task (default 2)")
     data.set_defaults(run=run_data)
+
+    train = commands.add_parser(
+        "train", help="train the general promptable model on dataset folders",
+        description="Train the promptable model with simulated clicks and boxes on nnU-Net v2 / MSD "
+        "dataset folders (one task per folder). Resumes from OUT/checkpoint; writes a bundle to OUT. "
+        "Runs under torchrun for several processes (DDP).")
+    train.add_argument("--dataset", required=True, action="append", type=Path,
+                       help="dataset folder (repeat for several tasks)")
+    train.add_argument("--out", required=True, type=Path, help="bundle folder to write")
+    train.add_argument("--steps", type=positive_int, default=2000, help="optimizer steps (default 2000)")
+    train.add_argument("--batch-size", type=positive_int, default=2, help="crops per step and process")
+    train.add_argument("--size", choices=("tiny", "full"), default="tiny",
+                       help="model size: tiny (CPU) or full (GPU)")
+    train.add_argument("--base-spacing", type=float, default=1.5, help="finest crop spacing, mm")
+    train.add_argument("--max-spacing", type=float, default=4.0, help="coarsest crop spacing, mm")
+    train.add_argument("--lr", type=float, default=1e-3, help="peak learning rate")
+    train.add_argument("--seed", type=int, default=0)
+    train.set_defaults(run=run_train)
 
     demo = commands.add_parser("demo", help="run the offline demo on the shipped data",
                                description="Run the offline demo on MNI152 data shipped with nilearn.")

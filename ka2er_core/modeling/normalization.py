@@ -12,30 +12,36 @@ import numpy as np
 class Normalization:
     """``kind`` "ct": clip to [``low``, ``high``] HU and map to [-1, 1]. ``kind`` "mr": z-score with
     the mean and std of foreground voxels (above the 20th percentile), clipped to +-``clip`` sd.
+    ``kind`` "auto" (one model for CT and MR): "ct" for images in HU (1st percentile below -500, where
+    air is), else "mr".
     """
 
-    kind: str = "mr"
+    kind: str = "auto"
     low: float = -160.0
     high: float = 240.0
     clip: float = 5.0
 
     def __post_init__(self):
-        if self.kind not in ("ct", "mr"):
-            raise ValueError(f"normalization kind must be 'ct' or 'mr', got {self.kind!r}")
+        if self.kind not in ("ct", "mr", "auto"):
+            raise ValueError(f"normalization kind must be 'ct', 'mr' or 'auto', got {self.kind!r}")
 
-    def statistics(self, array: np.ndarray) -> tuple[float, float]:
-        """(offset, scale) for this image; computed once per image on a subsample (every 3rd voxel)."""
-        if self.kind == "ct":
-            return (self.low + self.high) / 2, (self.high - self.low) / 2
+    def statistics(self, array: np.ndarray) -> tuple[float, float, float]:
+        """(offset, scale, clip) for this image, computed once on a subsample (every 3rd voxel)."""
         sample = np.asarray(array[::3, ::3, ::3], dtype=np.float32).ravel()
+        kind = self.kind
+        if kind == "auto":
+            kind = "ct" if np.percentile(sample, 1) < -500 else "mr"
+        if kind == "ct":
+            return (self.low + self.high) / 2, (self.high - self.low) / 2, 1.0
         foreground = sample[sample > np.percentile(sample, 20)]
         if foreground.size < 10:
             foreground = sample
-        return float(foreground.mean()), float(foreground.std() + 1e-6)
+        return float(foreground.mean()), float(foreground.std() + 1e-6), self.clip
 
-    def apply(self, values: np.ndarray, stats: tuple[float, float]) -> np.ndarray:
-        offset, scale = stats
-        limit = 1.0 if self.kind == "ct" else self.clip
+    @staticmethod
+    def apply(values: np.ndarray, stats: tuple[float, float, float]) -> np.ndarray:
+        """Normalise ``values`` with an image's statistics -> float32."""
+        offset, scale, limit = stats
         return np.clip((values.astype(np.float32) - offset) / scale, -limit, limit)
 
     def to_dict(self) -> dict[str, Any]:

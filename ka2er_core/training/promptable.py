@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
@@ -11,10 +12,11 @@ import torch.nn.functional as F
 from scipy import ndimage
 from torch import nn
 
-from ..modeling import PromptableSegmenter
+from ..modeling import ModelConfig, PromptableSegmenter
 from ..modeling.normalization import Normalization
 from ..modeling.prompt_encoder import NEGATIVE, PAD, POSITIVE
 from .clicks import next_click
+from .loop import LoopConfig, distributed_context, train_loop
 from .losses import dice_bce_loss, dice_score
 from .samples import CropSample, LabelledImage, make_crop_sample
 
@@ -137,3 +139,50 @@ class CropSampler:
     def __call__(self, step: int, rng: np.random.Generator) -> dict:
         samples = [self.sample(rng) for _ in range(self.batch_size)]
         return collate(samples, rng, self.max_extra_clicks, self.correct_probability)
+
+
+def load_training_items(folders: Sequence, normalization: Normalization,
+                        progress=None) -> tuple[list[LabelledImage], list[TargetSpec]]:
+    """Every labelled training case of the dataset folders, and one target per label or region."""
+    from ..data.msd import load_dataset
+
+    items, targets = [], []
+    for folder in folders:
+        dataset = load_dataset(folder)
+        for name, value in dataset.labels.items():
+            targets.append(TargetSpec(dataset.name, name, value if isinstance(value, tuple) else (value,)))
+        for case in dataset.cases:
+            images, label = case.load()
+            items.append(LabelledImage(images[0], label, normalization.statistics(images[0].array),
+                                       dataset.name))
+            if progress:
+                progress(f"loaded {dataset.name}/{case.case_id}")
+    return items, targets
+
+
+def train_promptable(folders: Sequence, out: Path, *, steps: int, batch_size: int = 2,
+                     config: Optional[ModelConfig] = None, base_spacing: float = 1.5,
+                     max_spacing: float = 4.0, lr: float = 1e-3, seed: int = 0,
+                     progress=None) -> Path:
+    """``ka2er train``: train the general promptable model on dataset folders; write a bundle."""
+    from ..bundle import Segmenter, save_bundle
+
+    torch.manual_seed(seed)
+    config = config or ModelConfig.tiny()
+    normalization = Normalization("auto")
+    items, targets = load_training_items(folders, normalization, progress)
+    model = PromptableSegmenter(config)
+    sampler = CropSampler(items, targets, normalization, config.crop_size, base_spacing, max_spacing,
+                          batch_size)
+    loop = LoopConfig(steps=steps, lr=lr, seed=seed, checkpoint_every=max(10, min(200, steps // 10)))
+    summary = train_loop(PromptableStep(model), model, sampler, loop, Path(out), progress)
+    rank, _, _ = distributed_context()
+    if rank == 0:
+        segmenter = Segmenter("general", model.cpu().eval(), normalization, base_spacing, max_spacing)
+        training = {"method": "promptable, iterative click simulation",
+                    "datasets": [str(f) for f in folders],
+                    "targets": [f"{t.task}: {t.name}" for t in targets],
+                    "cases": len(items), "batch_size": batch_size, **summary}
+        save_bundle(out, segmenter, kind="student", labels=sorted({t.name for t in targets}),
+                    training=training)
+    return Path(out)

@@ -66,6 +66,18 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_evaluate(args: argparse.Namespace) -> int:
+    from .evaluation.report import evaluate_bundle, format_table, write_report
+
+    report = evaluate_bundle(args.bundle, args.dataset, args.prompts, first=args.first,
+                             split=args.split, device=args.device, max_cases=args.max_cases,
+                             progress=progress_printer("evaluate"))
+    json_path, png_path = write_report(report, args.out)
+    print(format_table(report))
+    print(f"wrote {json_path} and {png_path}")
+    return 0
+
+
 def run_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo as demo
 
@@ -110,6 +122,24 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--lr", type=float, default=1e-3, help="peak learning rate")
     train.add_argument("--seed", type=int, default=0)
     train.set_defaults(run=run_train)
+
+    evaluate = commands.add_parser(
+        "evaluate", help="run the click protocol on held-out cases; JSON report and Dice plot",
+        description="First prompt a box (or a click), then clicks at the centre of the largest "
+        "error; Dice after each prompt, NoC85/NoC90 and latency per task and target.")
+    evaluate.add_argument("--bundle", type=Path, default=None, help="bundle folder (default: demo)")
+    evaluate.add_argument("--dataset", required=True, action="append", type=Path,
+                          help="dataset folder (repeat for several tasks)")
+    evaluate.add_argument("--prompts", "--clicks", type=positive_int, default=5,
+                          help="prompts per target (default 5)")
+    evaluate.add_argument("--first", choices=("box", "click"), default="box")
+    evaluate.add_argument("--split", choices=("test", "train"), default="test",
+                          help="imagesTs/labelsTs (default) or imagesTr/labelsTr")
+    evaluate.add_argument("--max-cases", type=positive_int, default=None)
+    evaluate.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    evaluate.add_argument("--out", type=Path, default=Path("ka2er-evaluation"),
+                          help="folder for report.json and dice.png")
+    evaluate.set_defaults(run=run_evaluate)
 
     demo = commands.add_parser("demo", help="run the offline demo on the shipped data",
                                description="Run the offline demo on MNI152 data shipped with nilearn.")

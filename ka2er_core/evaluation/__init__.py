@@ -1,0 +1,1 @@
+"""Evaluation: DESIGN.md's interaction protocol, run against any session."""

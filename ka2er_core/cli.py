@@ -71,7 +71,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
     report = evaluate_bundle(args.bundle, args.dataset, args.prompts, first=args.first,
                              split=args.split, device=args.device, max_cases=args.max_cases,
-                             progress=progress_printer("evaluate"))
+                             progress=progress_printer("evaluate"), baseline=args.baseline)
     json_path, png_path = write_report(report, args.out)
     print(format_table(report))
     print(f"wrote {json_path} and {png_path}")
@@ -137,6 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
                           help="imagesTs/labelsTs (default) or imagesTr/labelsTr")
     evaluate.add_argument("--max-cases", type=positive_int, default=None)
     evaluate.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    evaluate.add_argument("--baseline", action="store_true",
+                          help="run the classical random-walker baseline on the same prompts")
     evaluate.add_argument("--out", type=Path, default=Path("ka2er-evaluation"),
                           help="folder for report.json and dice.png")
     evaluate.set_defaults(run=run_evaluate)

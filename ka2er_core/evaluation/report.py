@@ -15,12 +15,20 @@ from .protocol import run_protocol
 
 def evaluate_bundle(bundle_path, folders: Sequence, prompts: int, first: str = "box",
                     split: str = "test", device: str = "auto", max_cases: Optional[int] = None,
-                    progress: Optional[Callable[[str], None]] = None) -> dict:
-    """Run the protocol for every target of every case; returns the report (see :func:`summarise`)."""
-    from ..bundle import load_bundle
-    from ..inference import InteractiveSession
+                    progress: Optional[Callable[[str], None]] = None, baseline: bool = False) -> dict:
+    """Run the protocol for every target of every case; returns the report (see :func:`summarise`).
 
-    session = InteractiveSession(load_bundle(bundle_path), device=device)
+    ``baseline`` runs the classical random-walker baseline on the same prompts instead of a bundle.
+    """
+    if baseline:
+        from .baseline import RandomWalkerSession
+
+        session = RandomWalkerSession()
+    else:
+        from ..bundle import load_bundle
+        from ..inference import InteractiveSession
+
+        session = InteractiveSession(load_bundle(bundle_path), device=device)
     runs = []
     for folder in folders:
         dataset = load_dataset(folder)
@@ -41,8 +49,8 @@ def evaluate_bundle(bundle_path, folders: Sequence, prompts: int, first: str = "
                 if progress:
                     progress(f"{dataset.name}/{case.case_id} {name}: Dice "
                              + " ".join(f"{d:.3f}" for d in run.dice))
-    return summarise(runs, {"bundle": str(bundle_path), "prompts": prompts, "first": first,
-                            "split": split})
+    return summarise(runs, {"bundle": "random walker" if baseline else str(bundle_path),
+                            "prompts": prompts, "first": first, "split": split})
 
 
 def summarise(runs: list[dict], settings: dict) -> dict:

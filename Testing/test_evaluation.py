@@ -1,0 +1,32 @@
+"""The interaction protocol and the classical baseline on phantoms (no model needed)."""
+
+import numpy as np
+
+from ka2er_core.data import PHANTOM_LABELS, ct_phantom
+from ka2er_core.evaluation.baseline import RandomWalkerSession
+from ka2er_core.evaluation.protocol import dice, run_protocol
+from ka2er_core.training.clicks import next_click
+
+
+def test_next_click_targets_the_largest_error():
+    truth = np.zeros((20, 20, 20), bool)
+    truth[2:18, 2:18, 2:18] = True
+    prediction = truth.copy()
+    prediction[2:18, 2:18, 2:8] = False  # a big miss
+    prediction[0:2, 0:2, 0:2] = True  # a small false positive
+    (k, j, i), positive = next_click(prediction, truth)
+    assert positive and truth[k, j, i] and not prediction[k, j, i]
+    assert 3 <= i <= 6  # the centre of the missed slab, not its edge
+    assert next_click(truth, truth) is None
+
+
+def test_protocol_records_dice_per_prompt_with_the_baseline():
+    subject = ct_phantom(3, oblique=True)
+    truth = subject.label.array == PHANTOM_LABELS["right kidney"]
+    session = RandomWalkerSession()
+    session.set_image(subject.image)
+    run = run_protocol(session, subject.image, truth, 3)
+    assert run.prompts[0] == "box" and len(run.dice) == 3
+    assert run.dice[-1] == dice(session.mask > 0, truth)
+    assert run.dice[-1] > 0.8  # a bright kidney in a box: the walker finds it
+    assert run.to_dict()["noc85"] is not None

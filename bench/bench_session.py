@@ -1,0 +1,149 @@
+"""Click-path benchmark: ours vs a SAM-Med3D-sized reference, timed in the same process.
+
+Ours: the shipped demo bundle (or --bundle) in an InteractiveSession on a 256x256x200 volume (the
+MNI152 1 mm template placed in that grid): image embedding of a new crop, then per-click latency from
+a RAS click to the mask pasted into the volume grid, with the embedding cached; peak memory.
+Reference: modules of SAM-Med3D's published size, written here from its paper (ViT-B image encoder on
+a 128^3 crop, 16^3 patches -> 8^3 tokens, 768 wide, 12 blocks; 384-wide prompt encoder and two-way
+mask decoder over the 8^3 tokens, upsampled to 128^3). Random weights: only time is compared.
+Prints medians, p95 and the ratios ours / reference.
+
+    python bench/bench_session.py [--bundle PATH] [--clicks 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import statistics
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ka2er_core import InteractiveSession, Volume, load_bundle
+from ka2er_core.data.mni import MNI_LABELS, mni152
+from ka2er_core.geometry import ijk_to_ras_points
+from ka2er_core.modeling.common import MLP
+from ka2er_core.modeling.transformer import TwoWayTransformer
+from ka2er_core.training.clicks import next_click
+
+
+class ReferenceEncoder(nn.Module):
+    """ViT-B at 128^3: 16^3 patches, 768 wide, 12 blocks of 12 heads, neck to 384."""
+
+    def __init__(self):
+        super().__init__()
+        self.patch = nn.Conv3d(1, 768, 16, stride=16)
+        self.pos = nn.Parameter(torch.zeros(1, 512, 768))
+        layer = nn.TransformerEncoderLayer(768, 12, 3072, batch_first=True, norm_first=True,
+                                           activation="gelu")
+        self.blocks = nn.TransformerEncoder(layer, 12)
+        self.neck = nn.Conv3d(768, 384, 1)
+
+    def forward(self, x):
+        tokens = self.patch(x).flatten(2).transpose(1, 2) + self.pos
+        tokens = self.blocks(tokens)
+        return self.neck(tokens.transpose(1, 2).reshape(1, 768, 8, 8, 8))
+
+
+class ReferenceDecoder(nn.Module):
+    """384-wide prompt encoding + two-way transformer over 8^3 tokens, upsampled to 128^3."""
+
+    def __init__(self):
+        super().__init__()
+        self.gaussian = nn.Parameter(torch.randn(3, 192))
+        self.transformer = TwoWayTransformer(384, 2, 8, 2048)
+        self.tokens = nn.Parameter(torch.randn(1, 2, 384))
+        self.mask_down = nn.Conv3d(1, 384, 4, stride=4)
+        self.up = nn.Sequential(nn.ConvTranspose3d(384, 96, 2, 2), nn.GELU(),
+                                nn.ConvTranspose3d(96, 48, 2, 2), nn.GELU())
+        self.hyper = MLP(384, 384, 48, 3)
+
+    def forward(self, embedding, points, previous):
+        pe = torch.cat([torch.sin(points @ self.gaussian), torch.cos(points @ self.gaussian)], -1)
+        grid = torch.stack(torch.meshgrid(*[torch.linspace(0, 1, 8)] * 3, indexing="ij"), -1)
+        dense_pe = torch.cat([torch.sin(grid @ self.gaussian), torch.cos(grid @ self.gaussian)], -1)
+        dense_pe = dense_pe.permute(3, 0, 1, 2)[None]
+        tokens = torch.cat([self.tokens, pe], 1)
+        tokens, src = self.transformer(embedding + self.mask_down(previous), dense_pe, tokens)
+        src = self.up(src.transpose(1, 2).reshape(1, 384, 8, 8, 8))
+        low = torch.einsum("bc,bcdhw->bdhw", self.hyper(tokens[:, 1]), src)[:, None]
+        return F.interpolate(low, size=(128, 128, 128), mode="trilinear", align_corners=False)
+
+
+def time_it(fn, repeats):
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1000)
+    return times
+
+
+def benchmark_volume() -> tuple[Volume, np.ndarray]:
+    """The 1 mm MNI152 template centred in a 256x256x200 grid, and its white matter."""
+    image, labels = mni152(1)
+    array = np.zeros((200, 256, 256), np.float32)
+    label = np.zeros((200, 256, 256), bool)
+    k, j, i = image.shape
+    offset = ((200 - k) // 2, (256 - j) // 2, (256 - i) // 2)
+    box = tuple(slice(o, o + n) for o, n in zip(offset, image.shape))
+    array[box] = image.array
+    label[box] = labels.array == MNI_LABELS["white matter"]
+    matrix = image.ijk_to_ras.copy()
+    matrix[:3, 3] -= matrix[:3, :3] @ np.array(offset[::-1], dtype=float)
+    return Volume(array, matrix), label
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--bundle", default=None)
+    parser.add_argument("--clicks", type=int, default=20)
+    args = parser.parse_args()
+    torch.set_grad_enabled(False)
+
+    volume, truth = benchmark_volume()
+    session = InteractiveSession(load_bundle(args.bundle), device="auto")
+    session.set_image(volume)
+    start = time.perf_counter()
+    first = session.add_box(*[ijk_to_ras_points(c, volume.ijk_to_ras) for c in
+                              ([60.0, 60.0, 50.0], [196.0, 196.0, 150.0])])
+    first_ms = (time.perf_counter() - start) * 1000
+    click_ms = []
+    for _ in range(args.clicks):
+        click = next_click(session.mask > 0, truth)
+        if click is None:
+            break
+        kji, positive = click
+        result = session.add_point(ijk_to_ras_points(kji[::-1].astype(float), volume.ijk_to_ras), positive)
+        click_ms.append(result.latency_ms)
+    crop = session.target.crop.grid
+    embed_ms = time_it(lambda: session.segmenter.model.embed(
+        torch.zeros(1, 1, *crop.shape, device=session.device)), 3)
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+    encoder, decoder = ReferenceEncoder().eval(), ReferenceDecoder().eval()
+    crop128 = torch.randn(1, 1, 128, 128, 128)
+    ref_embed_ms = time_it(lambda: encoder(crop128), 3)
+    embedding = encoder(crop128)
+    points, previous = torch.rand(1, 3, 3), torch.zeros(1, 1, 32, 32, 32)
+    ref_click_ms = time_it(lambda: decoder(embedding, points, previous), args.clicks)
+
+    median = statistics.median
+    p95 = lambda values: float(np.percentile(values, 95))
+    print(f"volume 256x256x200, crop {crop.shape[0]}^3 at {crop.spacing[0]:.2f} mm, "
+          f"{len(click_ms)} corrective clicks on white matter, {torch.get_num_threads()} threads")
+    print(f"first prompt (box, embedding + decode + paste): {first_ms:.0f} ms")
+    print(f"image embedding  ours {median(embed_ms):7.1f} ms | SAM-Med3D-size {median(ref_embed_ms):7.1f} ms"
+          f" | ratio {median(embed_ms) / median(ref_embed_ms):.3f}")
+    print(f"click (cached)   ours median {median(click_ms):6.1f} ms p95 {p95(click_ms):6.1f} ms | "
+          f"SAM-Med3D-size decoder+upsampling median {median(ref_click_ms):6.1f} ms | "
+          f"ratio {median(click_ms) / median(ref_click_ms):.3f}")
+    print(f"peak resident memory of this process: {peak_mb:.0f} MB (includes the reference models)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,8 +1,10 @@
 """The interaction protocol and the classical baseline on phantoms (no model needed)."""
 
 import numpy as np
+import pytest
 
 from ka2er_core.data import PHANTOM_LABELS, ct_phantom
+from ka2er_core.errors import EmptyMaskError
 from ka2er_core.evaluation.baseline import RandomWalkerSession
 from ka2er_core.evaluation.protocol import dice, run_protocol
 from ka2er_core.training.clicks import next_click
@@ -30,3 +32,11 @@ def test_protocol_records_dice_per_prompt_with_the_baseline():
     assert run.dice[-1] == dice(session.mask > 0, truth)
     assert run.dice[-1] > 0.8  # a bright kidney in a box: the walker finds it
     assert run.to_dict()["noc85"] is not None
+
+
+def test_protocol_refuses_an_empty_reference_mask():
+    subject = ct_phantom(3)
+    session = RandomWalkerSession()
+    session.set_image(subject.image)
+    with pytest.raises(EmptyMaskError, match="liver: the reference mask is empty"):
+        run_protocol(session, subject.image, np.zeros(subject.image.shape, bool), 2, target="liver")

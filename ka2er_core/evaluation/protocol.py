@@ -12,6 +12,7 @@ from typing import Optional
 
 import numpy as np
 
+from ..errors import EmptyMaskError
 from ..geometry import box_corners, ijk_to_ras_points
 from ..training.clicks import bounding_box, next_click
 from ..volume import Volume
@@ -44,6 +45,9 @@ def run_protocol(session, image: Volume, truth: np.ndarray, prompts: int, first:
                  target: str = "target") -> ProtocolRun:
     """Drive ``session`` (InteractiveSession or RemoteSession, image already set) for one target."""
     truth = truth.astype(bool)
+    if not truth.any():
+        raise EmptyMaskError("the reference mask is empty: nothing to prompt for", path=image.path,
+                             field=target)
     session.set_target(target)
     run = ProtocolRun()
     for index in range(prompts):

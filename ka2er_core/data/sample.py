@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 from ..io import save_volume
 from ..io.atomic import atomic_write
@@ -30,11 +30,14 @@ def labels_json(subject: Subject) -> dict:
 
 
 def write_sample_dataset(out_dir, *, n_train: int = 4, n_test: int = 2,
+                         tasks: Optional[Sequence[str]] = None,
                          progress: Optional[Callable[[str], None]] = None) -> list[Path]:
-    """Write the sample tasks under ``out_dir`` (train seeds for imagesTr, held-out for imagesTs)."""
+    """Write the sample ``tasks`` (default: all of ``SAMPLE_TASKS``) under ``out_dir``: training seeds
+    in imagesTr/labelsTr, held-out seeds in imagesTs/labelsTs."""
     out_dir = Path(out_dir)
     folders = []
-    for folder_name, (modality, channel, make) in SAMPLE_TASKS.items():
+    for folder_name in tasks or SAMPLE_TASKS:
+        modality, channel, make = SAMPLE_TASKS[folder_name]
         folder = out_dir / folder_name
         splits = (("Tr", TRAIN_SEEDS[:n_train]), ("Ts", TEST_SEEDS[:n_test]))
         subject = None

@@ -13,6 +13,7 @@ from typing import Optional
 
 import numpy as np
 import torch
+from scipy import ndimage
 
 from ..geometry import crop_grid, ras_to_ijk
 from ..volume import Grid
@@ -60,7 +61,8 @@ def touched_faces(mask: np.ndarray, min_voxels: int = 4) -> list[tuple[int, int]
 
 
 def region_slices(crop: Grid, volume: Grid, changed_ijk_lo=None, changed_ijk_hi=None):
-    """(k, j, i) slices of the volume covered by crop voxels [lo, hi] (default: the whole crop).
+    """(k, j, i) slices of the volume covering the crop box [lo, hi] in continuous crop-voxel (i, j, k)
+    coordinates (default: the whole crop).
 
     Returns None when they do not overlap.
     """
@@ -102,15 +104,19 @@ def sample_logits(logits: torch.Tensor, crop: Grid, volume: Grid,
     return (values > 0).numpy(), inside.numpy()
 
 
-def sign_change_bounds(new_logits: np.ndarray, old_logits: Optional[np.ndarray]):
-    """Crop-voxel (i, j, k) bounds [lo, hi] of voxels whose sign changed, grown by one; None if none."""
-    changed = (new_logits > 0) != (old_logits > 0) if old_logits is not None else new_logits > 0
+def changed_blocks(new_logits: np.ndarray, old_logits: np.ndarray, block: int = 4):
+    """Crop-voxel (i, j, k) bounds (lo, hi) of each ``block``^3 cell holding a voxel whose sign changed
+    or that neighbours one (the support of trilinear interpolation). Corrective clicks change a few
+    scattered voxels; rendering only these cells keeps the paste proportional to the change.
+    """
+    changed = (new_logits > 0) != (old_logits > 0)
     if not changed.any():
-        return None
-    bounds = []
-    for axis in (2, 1, 0):  # i, j, k
-        other = tuple(a for a in range(3) if a != axis)
-        nonzero = np.flatnonzero(changed.any(axis=other))
-        bounds.append((max(nonzero[0] - 1, 0), min(nonzero[-1] + 1, changed.shape[axis] - 1)))
-    lo, hi = zip(*bounds)
-    return np.array(lo), np.array(hi)
+        return []
+    changed = ndimage.binary_dilation(changed, structure=np.ones((3, 3, 3), bool))
+    n = [size // block for size in changed.shape]
+    active = changed.reshape(n[0], block, n[1], block, n[2], block).any(axis=(1, 3, 5))
+    cells = []
+    for k, j, i in np.argwhere(active):
+        lo = np.array([i, j, k]) * block
+        cells.append((lo - 0.5, lo + block - 0.5))
+    return cells

@@ -21,8 +21,8 @@ from ..geometry import box_corners, ijk_to_ras_points, ras_to_ijk, resample
 from ..modeling.prompt_encoder import (BOX_HIGH, BOX_LOW, FLAT_BOX_HIGH, FLAT_BOX_LOW, NEGATIVE,
                                        POSITIVE)
 from ..volume import Grid, Volume
-from .crops import (ZOOM_STEP, covers, plan_crop, region_slices, sample_logits,
-                    sign_change_bounds, touched_faces)
+from .crops import (ZOOM_STEP, changed_blocks, covers, plan_crop, region_slices, sample_logits,
+                    touched_faces)
 
 Region = tuple[slice, slice, slice]
 MAX_ZOOM_OUTS = 4
@@ -57,8 +57,7 @@ class CropState:
 
 @dataclass
 class UndoStep:
-    region: Optional[Region]
-    previous: Optional[np.ndarray]
+    pasted: list[tuple[Region, np.ndarray]]  # each rewritten region with its previous content
     prompts: list[Prompt]
     crop: Optional[CropState]
     bounds: Optional[tuple[np.ndarray, np.ndarray]]
@@ -154,10 +153,10 @@ class InteractiveSession:
         if not target.history:
             return None
         step = target.history.pop()
-        if step.region is not None:
-            target.mask[step.region] = step.previous
+        for region, previous in reversed(step.pasted):
+            target.mask[region] = previous
         target.prompts, target.crop, target.bounds = step.prompts, step.crop, step.bounds
-        return step.region
+        return union(region for region, _ in step.pasted)
 
     def reset(self) -> None:
         """Clear the current target's mask, prompts and history."""
@@ -308,23 +307,31 @@ class InteractiveSession:
         return corners.min(axis=0), corners.max(axis=0)
 
     def _paste(self, target, prompts, crop, logits, old, score, start) -> Result:
-        bounds = sign_change_bounds(logits, old)
-        region = None if bounds is None else region_slices(crop, self.volume.grid, *bounds)
-        step = UndoStep(region, None, target.prompts, target.crop, target.bounds)
-        if region is not None:
-            rendered, reached = sample_logits(torch.from_numpy(logits), crop, self.volume.grid,
-                                              region)
-            step.previous = target.mask[region].copy()
-            # Voxels the crop does not reach keep their value.
-            target.mask[region] = np.where(reached, rendered, step.previous)
-            new_bounds = self._mask_bounds(target.mask, region)
-            if target.bounds is None:
-                target.bounds = new_bounds
-            elif new_bounds is not None:
-                target.bounds = (np.minimum(target.bounds[0], new_bounds[0]),
-                                 np.maximum(target.bounds[1], new_bounds[1]))
+        step = UndoStep([], target.prompts, target.crop, target.bounds)
+        logits_tensor = torch.from_numpy(logits)
+        for lo, hi in changed_blocks(logits, old):
+            region = region_slices(crop, self.volume.grid, lo, hi)
+            if region is None:
+                continue
+            rendered, reached = sample_logits(logits_tensor, crop, self.volume.grid, region)
+            previous = target.mask[region].copy()
+            target.mask[region] = np.where(reached, rendered, previous)  # unreached voxels keep theirs
+            step.pasted.append((region, previous))
+            grown = self._mask_bounds(target.mask, region)
+            if grown is not None:
+                target.bounds = grown if target.bounds is None else (
+                    np.minimum(target.bounds[0], grown[0]), np.maximum(target.bounds[1], grown[1]))
         target.history.append(step)
         target.prompts = prompts
         target.crop = CropState(crop, logits)
-        return Result(region, score, self.segmenter.name,
+        return Result(union(region for region, _ in step.pasted), score, self.segmenter.name,
                       (time.perf_counter() - start) * 1000)
+
+
+def union(regions) -> Optional[Region]:
+    """The smallest (k, j, i) slices containing every region (None for none)."""
+    regions = list(regions)
+    if not regions:
+        return None
+    return tuple(slice(min(r[a].start for r in regions), max(r[a].stop for r in regions))
+                 for a in range(3))

@@ -146,3 +146,32 @@ def test_object_larger_than_the_crop_zooms_out(bundle, volume, monkeypatch):
     assert session.target.crop.grid.spacing[0] == pytest.approx(4.0)
     # 64 voxels at 4 mm cover 252 mm: the whole 200 x 200 x 60 mm volume is foreground.
     assert session.mask.all()
+
+
+def test_block_paste_equals_a_full_render_when_only_a_ball_changes(rng, volume):
+    """Old and new crop logits differ in one small ball: rendering only the changed cells gives
+    exactly the full render of the new logits."""
+    from ka2er_core.inference.crops import changed_blocks
+
+    crop = plan_crop(centre_ras(volume), centre_ras(volume), 64, 1.0, 4.0)
+    k, j, i = np.indices(crop.shape)
+    old = (12.0 - np.sqrt((i - 30) ** 2 + (j - 33) ** 2 + (k - 31) ** 2)).astype(np.float32)
+    new = old.copy()
+    ball = (i - 42) ** 2 + (j - 33) ** 2 + (k - 31) ** 2 < 16  # on the boundary
+    new[ball] += 6.0  # the object grows locally
+    whole = region_slices(crop, volume.grid)
+    mask = np.zeros(SHAPE, bool)
+    rendered, reached = sample_logits(torch.from_numpy(old), crop, volume.grid, whole)
+    mask[whole] = rendered & reached
+    cells = changed_blocks(new, old)
+    assert 0 < len(cells) < 40  # a handful of 4^3 cells out of 4096
+    for lo, hi in cells:
+        region = region_slices(crop, volume.grid, lo, hi)
+        if region is not None:
+            part, part_reached = sample_logits(torch.from_numpy(new), crop, volume.grid, region)
+            mask[region] = np.where(part_reached, part, mask[region])
+    expected = np.zeros(SHAPE, bool)
+    rendered, reached = sample_logits(torch.from_numpy(new), crop, volume.grid, whole)
+    expected[whole] = rendered & reached
+    assert mask.sum() > 0
+    np.testing.assert_array_equal(mask, expected)

@@ -1,7 +1,9 @@
 """Procedural CT-like and MR-like abdominal phantoms, seeded.
 
-Anatomy is defined in RAS millimetres around the volume's centre and scaled to its field of view, so
-an oblique or anisotropic grid samples the same physical shapes. Labels are stable across seeds.
+Anatomy is drawn in RAS millimetres about the volume's centre (a body 320 mm wide, scaled so that it
+fits the grid's field of view), then sampled at every voxel centre: an anisotropic or oblique grid sees
+the same physical shapes. Label names and values are the same for every seed; positions and sizes
+are jittered by the seed, and the CT and MR phantoms of one seed share their anatomy.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
+from scipy.spatial.transform import Rotation
 
 from ..geometry import ijk_to_ras_points
 from ..volume import Volume
@@ -17,21 +20,31 @@ from .subject import Subject
 
 PHANTOM_LABELS = {"liver": 1, "right kidney": 2, "left kidney": 3, "spine": 4, "aorta": 5,
                   "lesion": 6}
-# Intensity of background, body and each label: CT in HU, MR in arbitrary units.
-CT_VALUES = {"air": -1000.0, "body": 40.0, "liver": 65.0, "right kidney": 160.0,
-             "left kidney": 160.0, "spine": 700.0, "aorta": 220.0, "lesion": 15.0}
-MR_VALUES = {"air": 0.0, "body": 300.0, "liver": 520.0, "right kidney": 720.0, "left kidney": 720.0,
-             "spine": 180.0, "aorta": 950.0, "lesion": 1100.0}
-BODY_WIDTH_MM = 320.0  # anatomy below is drawn for a body this wide, then scaled to the grid
+TISSUES = ("air", "fat", "soft tissue", "liver", "kidney", "bone", "cortical bone", "blood",
+           "lesion")
+# Intensity per tissue. CT in HU (unenhanced); MR in arbitrary units, T2-weighted-like (fat and
+# fluid bright, cortical bone and flowing blood dark).
+CT_VALUES = {"air": -1000, "fat": -100, "soft tissue": 40, "liver": 60, "kidney": 30, "bone": 700,
+             "cortical bone": 1100, "blood": 45, "lesion": 10}
+MR_VALUES = {"air": 0, "fat": 800, "soft tissue": 250, "liver": 350, "kidney": 650, "bone": 500,
+             "cortical bone": 40, "blood": 80, "lesion": 1100}
+# The anatomy below spans this box (mm along R, A, S; the organs' cranio-caudal extent plus room for
+# an oblique tilt); it is scaled down uniformly when the grid's field of view is smaller.
+BODY_BOX_MM = np.array([320.0, 230.0, 290.0])
 
 
-def phantom_geometry(shape, spacing, oblique: bool, rng: np.random.Generator) -> np.ndarray:
-    """ijk_to_ras centred on the origin; ``oblique`` rotates (and flips one axis of) the grid."""
+def phantom_geometry(shape: Sequence[int], spacing: Sequence[float], oblique: bool,
+                     rng: np.random.Generator) -> np.ndarray:
+    """ijk_to_ras of a grid of ``shape`` (k, j, i) and ``spacing`` (i, j, k) centred on RAS 0.
+
+    ``oblique`` rotates the axes (6-12 degrees of tilt, 10-25 degrees in plane) and flips i so that
+    it runs towards L: a legal, non-axis-aligned, left-handed voxel grid.
+    """
     direction = np.eye(3)
     if oblique:
-        q, _ = np.linalg.qr(rng.normal(size=(3, 3)) * 0.25 + np.eye(3) * 2)
-        direction = q @ np.diag(np.sign(np.diag(q)))  # close to identity, rotated by ~10-25 deg
-        direction[:, 0] *= -1  # and one flipped axis
+        degrees = rng.uniform((6, 6, 10), (12, 12, 25)) * rng.choice((-1, 1), 3)
+        direction = Rotation.from_euler("xyz", degrees, degrees=True).as_matrix()
+        direction[:, 0] *= -1
     matrix = np.eye(4)
     matrix[:3, :3] = direction * np.asarray(spacing, dtype=np.float64)
     centre_ijk = (np.asarray(shape[::-1], dtype=np.float64) - 1) / 2
@@ -39,65 +52,107 @@ def phantom_geometry(shape, spacing, oblique: bool, rng: np.random.Generator) ->
     return matrix
 
 
-def anatomy(ras: np.ndarray, scale: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Body mask and label map for voxel centres ``ras`` (..., 3), with seeded jitter."""
-    x, y, z = (ras[..., a] / scale for a in range(3))  # mm of a 320-mm-wide body
+def anatomy(ras: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Tissue indices (into ``TISSUES``) and labels (``PHANTOM_LABELS``) at points ``ras`` (..., 3).
+
+    ``ras`` is in the mm of a 320-mm-wide body centred on 0; shapes are jittered by ``rng``.
+    Structures are painted in order, each over the ones before.
+    """
+    x, y, z = ras[..., 0], ras[..., 1], ras[..., 2]
+    tissue = np.zeros(ras.shape[:-1], dtype=np.uint8)
+    labels = np.zeros(ras.shape[:-1], dtype=np.uint8)
 
     def jitter(value, amount):
         return value + rng.uniform(-amount, amount)
 
-    body = (x / jitter(155, 8)) ** 2 + (y / jitter(110, 8)) ** 2 < 1
-    labels = np.zeros(ras.shape[:-1], dtype=np.uint8)
-    # Liver: a large irregular blob on the right (+x), anterior.
-    lx, ly, lz = jitter(55, 8), jitter(10, 6), jitter(20, 10)
-    angle = np.arctan2(y - ly, x - lx)
-    wobble = 1 + 0.15 * np.sin(3 * angle + rng.uniform(0, 6)) + 0.1 * np.cos(2 * (z - lz) / 40)
-    liver = ((x - lx) / 75) ** 2 + ((y - ly) / 60) ** 2 + ((z - lz) / 70) ** 2 < wobble ** 2
-    labels[liver & body] = PHANTOM_LABELS["liver"]
+    def paint(where, tissue_name, label_name=None):
+        tissue[where] = TISSUES.index(tissue_name)
+        labels[where] = PHANTOM_LABELS[label_name] if label_name else 0
+
+    def ellipsoid(centre, radii):
+        return sum(((c - m) / r) ** 2 for c, m, r in zip((x, y, z), centre, radii)) < 1
+
+    def tube(centre_xy, radius):  # cranio-caudal, capped inside the body box
+        return ((x - centre_xy[0]) ** 2 + (y - centre_xy[1]) ** 2 < radius ** 2) & (np.abs(z) < 120)
+
+    half_width, half_depth = jitter(155, 8), jitter(110, 8)
+    paint((x / half_width) ** 2 + (y / half_depth) ** 2 < 1, "fat")  # subcutaneous fat
+    inside = (x / (half_width - 14)) ** 2 + (y / (half_depth - 12)) ** 2 < 1
+    paint(inside, "soft tissue")
+
+    # Liver: a large irregular blob on the right (+x) and anterior, with a wavy outline.
+    liver_centre = np.array([jitter(55, 8), jitter(10, 6), jitter(20, 10)])
+    angle = np.arctan2(y - liver_centre[1], x - liver_centre[0])
+    wobble = (1 + 0.15 * np.sin(3 * angle + rng.uniform(0, 2 * np.pi))
+              + 0.1 * np.cos(2 * (z - liver_centre[2]) / 40))
+    liver = ellipsoid(liver_centre, (75 * wobble, 60 * wobble, 70 * wobble))
+    paint(liver & inside, "liver", "liver")
+
+    # Kidneys: ellipsoids in perirenal fat, posterior, right (+x) and left.
     for name, side in (("right kidney", 1), ("left kidney", -1)):
-        kx, ky, kz = side * jitter(70, 6), jitter(-55, 5), jitter(-30, 10)
-        kidney = ((x - kx) / 28) ** 2 + ((y - ky) / 22) ** 2 + ((z - kz) / 50) ** 2 < 1
-        labels[kidney & body] = PHANTOM_LABELS[name]
-    sx, sy = jitter(0, 4), jitter(-75, 4)
-    labels[((x - sx) ** 2 + (y - sy) ** 2 < 20 ** 2) & body] = PHANTOM_LABELS["spine"]
-    ax, ay = sx + jitter(-22, 3), sy + jitter(35, 3)
-    labels[((x - ax) ** 2 + (y - ay) ** 2 < 11 ** 2) & body] = PHANTOM_LABELS["aorta"]
-    ex, ey, ez = lx + jitter(10, 15), ly + jitter(0, 15), lz + jitter(0, 15)
-    lesion = (x - ex) ** 2 + (y - ey) ** 2 + (z - ez) ** 2 < jitter(16, 4) ** 2
-    labels[lesion & (labels == PHANTOM_LABELS["liver"])] = PHANTOM_LABELS["lesion"]
-    return body, labels
+        centre = (side * jitter(70, 6), jitter(-55, 5), jitter(-30, 10))
+        radii = np.array([jitter(26, 3), jitter(21, 2), jitter(52, 5)])
+        paint(ellipsoid(centre, radii + 10) & inside, "fat")
+        paint(ellipsoid(centre, radii) & inside, "kidney", name)
+
+    # Spine: a vertebral cylinder (cortical rim, cancellous core) running cranio-caudally.
+    spine_xy = (jitter(0, 4), jitter(-75, 4))
+    spine_radius = jitter(20, 2)
+    paint(tube(spine_xy, spine_radius) & inside, "cortical bone", "spine")
+    paint(tube(spine_xy, spine_radius - 4) & inside, "bone", "spine")
+
+    # Aorta: a tube in fat, anterior to the spine and left of the midline.
+    aorta_xy = (spine_xy[0] + jitter(-22, 3), spine_xy[1] + jitter(35, 3))
+    aorta_radius = jitter(11, 1.5)
+    paint(tube(aorta_xy, aorta_radius + 6) & inside & (labels == 0), "fat")
+    paint(tube(aorta_xy, aorta_radius) & inside, "blood", "aorta")
+
+    # Lesion: a small sphere in the liver (only its liver part is labelled).
+    lesion_centre = liver_centre + rng.uniform(-15, 15, 3)
+    lesion = ellipsoid(lesion_centre, (jitter(18, 4),) * 3)
+    paint(lesion & (labels == PHANTOM_LABELS["liver"]), "lesion", "lesion")
+    return tissue, labels
 
 
-def phantom(seed: int, modality: str, shape: Sequence[int], spacing: Sequence[float],
-            oblique: bool) -> Subject:
-    rng = np.random.default_rng([seed, 0])  # anatomy and noise: the same with or without oblique
+def _phantom(seed: int, modality: str, shape: Sequence[int], spacing: Sequence[float],
+             oblique: bool) -> Subject:
     shape = tuple(int(n) for n in shape)
+    spacing = tuple(float(s) for s in spacing)
+    if len(shape) != 3 or len(spacing) != 3:
+        raise ValueError(f"shape (k, j, i) and spacing (i, j, k) need 3 values, got {shape}, {spacing}")
+    # Separate streams: anatomy and noise are the same with or without ``oblique``.
+    rng = np.random.default_rng([seed, 0])
     ijk_to_ras = phantom_geometry(shape, spacing, oblique, np.random.default_rng([seed, 1]))
-    ijk = np.stack(np.meshgrid(*(np.arange(n, dtype=np.float64) for n in shape[::-1]),
-                               indexing="ij"), axis=-1).transpose(2, 1, 0, 3)  # (k, j, i, 3) of (i, j, k)
-    ras = ijk_to_ras_points(ijk, ijk_to_ras)
-    field_of_view = min(shape[2] * spacing[0], shape[1] * spacing[1])
-    body, labels = anatomy(ras, field_of_view / BODY_WIDTH_MM, rng)
+    ijk = np.stack(np.meshgrid(*(np.arange(n, dtype=np.float64) for n in shape), indexing="ij")[::-1],
+                   axis=-1)  # (k, j, i, 3) holding (i, j, k)
+    field_of_view = np.asarray(shape[::-1]) * np.asarray(spacing)  # mm along i, j, k
+    scale = min(1.0, float(np.min(field_of_view / BODY_BOX_MM)))
+    tissue, labels = anatomy(ijk_to_ras_points(ijk, ijk_to_ras) / scale, rng)
+
     values = CT_VALUES if modality == "CT" else MR_VALUES
-    image = np.where(body, values["body"], values["air"]).astype(np.float32)
-    for name, value in PHANTOM_LABELS.items():
-        image[labels == value] = values[name]
+    image = np.asarray([values[name] for name in TISSUES], dtype=np.float32)[tissue]
     if modality == "CT":
         image += 10 * smooth_field(rng, shape) + rng.normal(0, 12, shape).astype(np.float32)
     else:
         image *= np.exp(0.2 * smooth_field(rng, shape, control_points=3))
-        image = np.abs(image + rng.normal(0, 25, shape).astype(np.float32))
-    task = f"{modality} phantom"
+        real = image + rng.normal(0, 20, shape).astype(np.float32)
+        image = np.hypot(real, rng.normal(0, 20, shape).astype(np.float32))  # Rician
     return Subject(Volume(image.astype(np.float32), ijk_to_ras),
                    Volume(labels, ijk_to_ras, dict(PHANTOM_LABELS)),
-                   f"{modality.lower()}_phantom_{seed:05d}", modality, task)
+                   f"{modality.lower()}_phantom_{seed:05d}", modality, f"{modality} phantom")
 
 
-def ct_phantom(seed: int, *, shape=(40, 80, 80), spacing=(4.0, 4.0, 5.0), oblique=False) -> Subject:
-    """CT-like phantom in HU. ``shape`` is (k, j, i); ``spacing`` mm along (i, j, k)."""
-    return phantom(seed, "CT", shape, spacing, oblique)
+def ct_phantom(seed: int, *, shape: Sequence[int] = (40, 64, 64),
+               spacing: Sequence[float] = (0.9, 0.9, 2.5), oblique: bool = False) -> Subject:
+    """CT-like phantom in HU: float32 image and uint8 label map, both (k, j, i).
+
+    ``shape`` is (k, j, i); ``spacing`` is mm along (i, j, k). ``oblique`` gives a rotated grid with a
+    flipped axis; the anatomy (RAS mm) and the noise are the same as without it.
+    """
+    return _phantom(seed, "CT", shape, spacing, oblique)
 
 
-def mr_phantom(seed: int, *, shape=(40, 80, 80), spacing=(4.0, 4.0, 5.0), oblique=False) -> Subject:
-    """MR-like phantom (arbitrary units, bias field). ``shape`` (k, j, i); ``spacing`` along (i, j, k)."""
-    return phantom(seed, "MR", shape, spacing, oblique)
+def mr_phantom(seed: int, *, shape: Sequence[int] = (40, 64, 64),
+               spacing: Sequence[float] = (0.9, 0.9, 2.5), oblique: bool = False) -> Subject:
+    """MR-like phantom (arbitrary units, bias field, Rician noise); arguments as :func:`ct_phantom`."""
+    return _phantom(seed, "MR", shape, spacing, oblique)

@@ -1,4 +1,4 @@
-"""A labelled image: what the data generators return and the dataset reader loads."""
+"""A labelled image: what the data generators return."""
 
 from __future__ import annotations
 
@@ -9,10 +9,14 @@ from ..volume import Volume
 
 @dataclass(frozen=True)
 class Subject:
-    """``image`` and ``label`` (uint8 label map, ``label.labels`` = {name: value}) on one grid."""
+    """``image`` (float32) and ``label`` (uint8, ``label.labels`` = {name: value}) on one grid.
+
+    Both arrays are (k, j, i); ``ijk_to_ras`` maps voxels to RAS mm. ``modality`` is "CT" or "MR";
+    ``task`` names the task the subject belongs to (tasks split by modality or sequence).
+    """
 
     image: Volume
     label: Volume
     name: str
-    modality: str  # "CT" or "MR"
+    modality: str
     task: str

@@ -32,33 +32,3 @@ def load_nifti(path: Path) -> tuple[np.ndarray, np.ndarray]:
                                        path=path, field="dim")
     return np.ascontiguousarray(data.transpose(2, 1, 0)), affine
 
-
-def load_nifti_channels(path: Path, channels: int) -> list:
-    """The channels of a 4D NIfTI (channels last, the MSD layout) as one Volume each."""
-    from ..volume import Volume, check_finite
-
-    data, affine = read_nifti(path)
-    if data.ndim == 3 and channels == 1:
-        data = data[..., None]
-    if data.ndim != 4 or data.shape[3] != channels:
-        raise NotThreeDimensionalError(f"expected {channels} channels (i, j, k, c), got shape "
-                                       f"{data.shape}", path=path, field="dim")
-    volumes = []
-    for c in range(channels):
-        array = np.ascontiguousarray(data[..., c].transpose(2, 1, 0))
-        check_finite(array, path=path, field=f"channel {c}")
-        volumes.append(Volume(array, affine, {}, str(path)))
-    return volumes
-
-
-def write_nifti(path: Path, array: np.ndarray, ijk_to_ras: np.ndarray) -> None:
-    """Write a (k, j, i) array; sform and qform both carry ``ijk_to_ras`` (float32 in the format)."""
-    if array.dtype == np.bool_:
-        array = array.astype(np.uint8)
-    elif array.dtype == np.int64 and array.size and np.abs(array).max() < 2**31:
-        array = array.astype(np.int32)
-    image = nib.Nifti1Image(array.transpose(2, 1, 0), ijk_to_ras)
-    image.header.set_xyzt_units("mm")
-    image.set_sform(ijk_to_ras, code=1)
-    image.set_qform(ijk_to_ras, code=1)
-    nib.save(image, str(path))

@@ -29,6 +29,9 @@ def atomic_write(path: os.PathLike | str):
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{full_suffix(path)}",
                                dir=path.parent)
     os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; give it a normal file's mode
     try:
         yield Path(tmp)
         with open(tmp, "rb") as written:

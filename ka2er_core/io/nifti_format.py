@@ -32,3 +32,15 @@ def load_nifti(path: Path) -> tuple[np.ndarray, np.ndarray]:
                                        path=path, field="dim")
     return np.ascontiguousarray(data.transpose(2, 1, 0)), affine
 
+
+def write_nifti(path: Path, array: np.ndarray, ijk_to_ras: np.ndarray) -> None:
+    """Write a (k, j, i) array; sform and qform both carry ``ijk_to_ras`` (float32 in the format)."""
+    if array.dtype == np.bool_:
+        array = array.astype(np.uint8)
+    elif array.dtype == np.int64 and array.size and np.abs(array).max() < 2**31:
+        array = array.astype(np.int32)
+    image = nib.Nifti1Image(array.transpose(2, 1, 0), ijk_to_ras)
+    image.header.set_xyzt_units("mm")
+    image.set_sform(ijk_to_ras, code=1)
+    image.set_qform(ijk_to_ras, code=1)
+    nib.save(image, str(path))

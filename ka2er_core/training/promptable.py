@@ -180,7 +180,7 @@ def train_promptable(folders: Sequence, out: Path, *, steps: int, batch_size: in
     if rank == 0:
         segmenter = Segmenter("general", model.cpu().eval(), normalization, base_spacing, max_spacing)
         training = {"method": "promptable, iterative click simulation",
-                    "datasets": [str(f) for f in folders],
+                    "datasets": [Path(f).name for f in folders],
                     "targets": [f"{t.task}: {t.name}" for t in targets],
                     "cases": len(items), "batch_size": batch_size, **summary}
         save_bundle(out, segmenter, kind="student", labels=sorted({t.name for t in targets}),

@@ -104,10 +104,12 @@ def sample_logits(logits: torch.Tensor, crop: Grid, volume: Grid,
     return (values > 0).numpy(), inside.numpy()
 
 
-def changed_blocks(new_logits: np.ndarray, old_logits: np.ndarray, block: int = 4):
+def changed_blocks(new_logits: np.ndarray, old_logits: np.ndarray, block: int = 4,
+                   focus: Optional[np.ndarray] = None, radius: float = np.inf):
     """Crop-voxel (i, j, k) bounds (lo, hi) of each ``block``^3 cell holding a voxel whose sign changed
     or that neighbours one (the support of trilinear interpolation). Corrective clicks change a few
     scattered voxels; rendering only these cells keeps the paste proportional to the change.
+    With ``focus`` (crop-voxel (i, j, k)), only cells whose centre lies within ``radius`` voxels of it.
     """
     changed = (new_logits > 0) != (old_logits > 0)
     if not changed.any():
@@ -118,5 +120,7 @@ def changed_blocks(new_logits: np.ndarray, old_logits: np.ndarray, block: int = 
     cells = []
     for k, j, i in np.argwhere(active):
         lo = np.array([i, j, k]) * block
+        if focus is not None and np.linalg.norm(lo + (block - 1) / 2 - focus) > radius:
+            continue
         cells.append((lo - 0.5, lo + block - 0.5))
     return cells

@@ -26,6 +26,9 @@ from .crops import (ZOOM_STEP, changed_blocks, covers, plan_crop, region_slices,
 
 Region = tuple[slice, slice, slice]
 MAX_ZOOM_OUTS = 4
+CORRECTION_RADIUS = 0.25
+"""A click on an existing mask edits it within this fraction of the crop size around the click;
+the model's answer elsewhere is not pasted (a correction, not a new segmentation)."""
 EMBEDDING_CACHE_SIZE = 4
 
 
@@ -266,6 +269,8 @@ class InteractiveSession:
         start = time.perf_counter()
         target = self.target
         prompts = target.prompts + [prompt]
+        if prompt.high is None and target.bounds is not None:
+            return self._correct(target, prompts, start)
         low, high = self._roi(target, prompts)
         crop = self._choose_crop(target, low, high)
         prior = self._prior(target, crop)
@@ -287,6 +292,27 @@ class InteractiveSession:
         old = self._prior(target, crop)
         return self._paste(target, prompts, crop, logits, old, score, start)
 
+    def _correct(self, target: Target, prompts: list[Prompt], start: float) -> Result:
+        """A click on an existing mask: look closely around it (a crop at the base spacing, the mask
+        as the dense prompt) and edit the mask near the click only."""
+        click = prompts[-1].low
+        s = self.segmenter
+        crop = None
+        if target.crop is not None and target.crop.grid.spacing[0] <= s.base_spacing * ZOOM_STEP:
+            margin = s.crop_size * CORRECTION_RADIUS
+            if covers(target.crop.grid, click, click, margin_voxels=margin):
+                crop = target.crop.grid
+        if crop is None:
+            crop = plan_crop(click, click, s.crop_size, s.base_spacing, s.max_spacing)
+        size = np.asarray(crop.shape[::-1]) - 1
+        inside = [p for p in prompts if all(
+            np.all((c >= 0) & (c <= size)) for c in
+            [ras_to_ijk(x, crop.ijk_to_ras) for x in (p.low, p.high) if x is not None])]
+        prior = self._prior(target, crop)
+        logits, score = self._decode(inside, crop, prior)
+        focus = ras_to_ijk(click, crop.ijk_to_ras)
+        return self._paste(target, prompts, crop, logits, prior, score, start, focus)
+
     @staticmethod
     def _grow(crop: Grid, inside: np.ndarray, faces) -> tuple[np.ndarray, np.ndarray]:
         """RAS box of the crop's foreground, extended by half a crop past each touched face."""
@@ -306,10 +332,11 @@ class InteractiveSession:
         corners = ijk_to_ras_points(box_corners(lo, hi), crop.ijk_to_ras)
         return corners.min(axis=0), corners.max(axis=0)
 
-    def _paste(self, target, prompts, crop, logits, old, score, start) -> Result:
+    def _paste(self, target, prompts, crop, logits, old, score, start, focus=None) -> Result:
         step = UndoStep([], target.prompts, target.crop, target.bounds)
         logits_tensor = torch.from_numpy(logits)
-        for lo, hi in changed_blocks(logits, old):
+        cells = changed_blocks(logits, old, focus=focus, radius=CORRECTION_RADIUS * crop.shape[0])
+        for lo, hi in cells:
             region = region_slices(crop, self.volume.grid, lo, hi)
             if region is None:
                 continue
@@ -323,6 +350,11 @@ class InteractiveSession:
                     np.minimum(target.bounds[0], grown[0]), np.maximum(target.bounds[1], grown[1]))
         target.history.append(step)
         target.prompts = prompts
+        if focus is not None:  # what was not pasted stays as it was in the crop's memory too
+            keep = np.ones(crop.shape, bool)
+            for lo, hi in cells:
+                keep[tuple(slice(int(a + 0.5), int(b + 0.5) + 1) for a, b in zip(lo[::-1], hi[::-1]))] = False
+            logits = np.where(keep, old, logits)
         target.crop = CropState(crop, logits)
         return Result(union(region for region, _ in step.pasted), score, self.segmenter.name,
                       (time.perf_counter() - start) * 1000)

@@ -5,7 +5,6 @@ import sys
 
 import nibabel as nib
 import numpy as np
-import pytest
 
 from ka2er_core import Volume, save_segmentation, save_volume
 

@@ -6,12 +6,12 @@ import pytest
 import SimpleITK as sitk
 from scipy import ndimage
 
-from ka2er_core import InteractiveSession, Volume, load_bundle, save_volume
+from ka2er_core import InteractiveSession, load_bundle, save_volume
 from ka2er_core.data import MNI_LABELS, TEST_SEEDS, ct_phantom, mni_subject
 from ka2er_core.data.mni import BRAIN_VALUES
 from ka2er_core.evaluation.protocol import dice, run_protocol
 from ka2er_core.geometry import ijk_to_ras_points, ras_to_lps
-from ka2er_core.training.clicks import component_centre
+from ka2er_core.training.clicks import component_centre, next_click
 
 
 @pytest.fixture(scope="module")
@@ -62,8 +62,6 @@ def test_corrective_clicks_improve_a_damaged_mask(session, subject):
     damaged[(k - blob[0]) ** 2 + (j - blob[1]) ** 2 + (i - blob[2]) ** 2 < 25] = True  # a blob
     session.set_mask(damaged)
     start = dice(damaged, truth)
-    from ka2er_core.training.clicks import next_click
-
     scores = []
     for _ in range(3):
         (kk, jj, ii), positive = next_click(session.mask > 0, truth)

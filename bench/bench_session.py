@@ -109,7 +109,7 @@ def main():
     session = InteractiveSession(load_bundle(args.bundle), device="auto")
     session.set_image(volume)
     start = time.perf_counter()
-    first = session.add_box(*[ijk_to_ras_points(c, volume.ijk_to_ras) for c in
+    session.add_box(*[ijk_to_ras_points(c, volume.ijk_to_ras) for c in
                               ([60.0, 60.0, 50.0], [196.0, 196.0, 150.0])])
     first_ms = (time.perf_counter() - start) * 1000
     click_ms = []

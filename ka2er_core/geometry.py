@@ -7,7 +7,7 @@ The *canonical* grid is axis-aligned in RAS: i runs to R, j to A, k to S.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 from scipy import ndimage
@@ -44,6 +44,24 @@ def box_corners(corner_a: Sequence[float], corner_b: Sequence[float]) -> np.ndar
     a, b = np.asarray(corner_a, dtype=np.float64), np.asarray(corner_b, dtype=np.float64)
     lo, hi = np.minimum(a, b), np.maximum(a, b)
     return np.array([[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])])
+
+
+def ijk_box_to_ras(lo_ijk, hi_ijk, ijk_to_ras: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """RAS bounds (low, high) enclosing the voxel-index box [lo, hi] given in (i, j, k)."""
+    corners = ijk_to_ras_points(box_corners(lo_ijk, hi_ijk), ijk_to_ras)
+    return corners.min(axis=0), corners.max(axis=0)
+
+
+def foreground_bounds(mask: np.ndarray) -> Optional[tuple[np.ndarray, np.ndarray]]:
+    """Inclusive (k, j, i) index bounds (lo, hi) of the nonzero voxels of a 3D array; None if empty."""
+    lo, hi = [], []
+    for axis in range(3):
+        nonzero = np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis)))
+        if nonzero.size == 0:
+            return None
+        lo.append(nonzero[0])
+        hi.append(nonzero[-1])
+    return np.array(lo), np.array(hi)
 
 
 def ras_box_to_ijk(corner_a, corner_b, ijk_to_ras: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

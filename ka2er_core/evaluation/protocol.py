@@ -13,8 +13,8 @@ from typing import Optional
 import numpy as np
 
 from ..errors import EmptyMaskError
-from ..geometry import box_corners, ijk_to_ras_points
-from ..training.clicks import bounding_box, next_click
+from ..geometry import foreground_bounds, ijk_box_to_ras, ijk_to_ras_points
+from ..training.clicks import next_click
 from ..volume import Volume
 
 
@@ -52,9 +52,8 @@ def run_protocol(session, image: Volume, truth: np.ndarray, prompts: int, first:
     run = ProtocolRun()
     for index in range(prompts):
         if index == 0 and first == "box":
-            lo, hi = bounding_box(truth)
-            corners = ijk_to_ras_points(box_corners(lo[::-1], hi[::-1]), image.ijk_to_ras)
-            result = session.add_box(corners.min(axis=0), corners.max(axis=0))
+            lo, hi = foreground_bounds(truth)
+            result = session.add_box(*ijk_box_to_ras(lo[::-1], hi[::-1], image.ijk_to_ras))
             run.prompts.append("box")
         else:
             click = next_click(session.mask > 0, truth)

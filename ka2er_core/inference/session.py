@@ -17,7 +17,7 @@ import torch
 
 from ..bundle import Bundle, Segmenter, load_bundle
 from ..errors import GeometryMismatchError, PromptError
-from ..geometry import box_corners, ijk_to_ras_points, ras_to_ijk, resample
+from ..geometry import foreground_bounds, ijk_box_to_ras, ras_to_ijk, resample
 from ..modeling.prompt_encoder import (BOX_HIGH, BOX_LOW, FLAT_BOX_HIGH, FLAT_BOX_LOW, NEGATIVE,
                                        POSITIVE)
 from ..volume import Grid, Volume
@@ -185,18 +185,12 @@ class InteractiveSession:
 
     def _mask_bounds(self, mask: np.ndarray, region: Region):
         """RAS box enclosing the foreground of ``mask[region]`` (None if empty)."""
-        sub = mask[region]
-        if not sub.any():
+        bounds = foreground_bounds(mask[region])
+        if bounds is None:
             return None
-        lo, hi = [], []
-        for axis, s in zip((2, 1, 0), (region[2], region[1], region[0])):
-            other = tuple(a for a in range(3) if a != axis)
-            nonzero = np.flatnonzero(sub.any(axis=other))
-            start = s.start or 0
-            lo.append(start + nonzero[0])
-            hi.append(start + nonzero[-1])
-        corners = ijk_to_ras_points(box_corners(lo, hi), self.volume.ijk_to_ras)
-        return corners.min(axis=0), corners.max(axis=0)
+        start = np.array([s.start or 0 for s in region])
+        lo, hi = (start + b for b in bounds)
+        return ijk_box_to_ras(lo[::-1], hi[::-1], self.volume.ijk_to_ras)
 
     def _roi(self, target: Target, prompts: list[Prompt]):
         points = [p.low for p in prompts] + [p.high for p in prompts if p.high is not None]
@@ -272,7 +266,7 @@ class InteractiveSession:
         if prompt.high is None and target.bounds is not None:
             return self._correct(target, prompts, start)
         low, high = self._roi(target, prompts)
-        crop = self._choose_crop(target, low, high)
+        crop = first_crop = self._choose_crop(target, low, high)
         prior = self._prior(target, crop)
         logits, score = self._decode(prompts, crop, prior)
         s = self.segmenter
@@ -289,7 +283,7 @@ class InteractiveSession:
             carried = resample(logits, crop.ijk_to_ras, bigger, order=1, fill=-1.0)
             crop = bigger
             logits, score = self._decode(prompts, crop, carried)
-        old = self._prior(target, crop)
+        old = prior if crop is first_crop else self._prior(target, crop)
         return self._paste(target, prompts, crop, logits, old, score, start)
 
     def _correct(self, target: Target, prompts: list[Prompt], start: float) -> Result:
@@ -316,21 +310,14 @@ class InteractiveSession:
     @staticmethod
     def _grow(crop: Grid, inside: np.ndarray, faces) -> tuple[np.ndarray, np.ndarray]:
         """RAS box of the crop's foreground, extended by half a crop past each touched face."""
-        lo, hi = [], []
-        for axis in (2, 1, 0):
-            other = tuple(a for a in range(3) if a != axis)
-            nonzero = np.flatnonzero(inside.any(axis=other))
-            lo.append(float(nonzero[0]))
-            hi.append(float(nonzero[-1]))
-        lo, hi = np.array(lo), np.array(hi)
+        lo, hi = (b[::-1].astype(float) for b in foreground_bounds(inside))  # (i, j, k)
         half = crop.shape[0] / 2
         for axis, side in faces:
             if side < 0:
                 lo[axis] -= half
             else:
                 hi[axis] += half
-        corners = ijk_to_ras_points(box_corners(lo, hi), crop.ijk_to_ras)
-        return corners.min(axis=0), corners.max(axis=0)
+        return ijk_box_to_ras(lo, hi, crop.ijk_to_ras)
 
     def _paste(self, target, prompts, crop, logits, old, score, start, focus=None) -> Result:
         step = UndoStep([], target.prompts, target.crop, target.bounds)

@@ -14,6 +14,7 @@ from typing import Mapping, Optional, Sequence
 import numpy as np
 
 from ..errors import GeometryMismatchError, Ka2erError, UnreadableFileError
+from ..geometry import foreground_bounds
 from ..volume import Grid, Volume
 from .nrrd_format import ijk_to_ras_from_header, lps_header, read_nrrd, write_nrrd
 
@@ -107,14 +108,11 @@ def assign_layers(masks: Sequence[np.ndarray]) -> list[int]:
 
 def extent(mask: np.ndarray) -> str:
     """Slicer's ``Extent`` field: ``i0 i1 j0 j1 k0 k1`` of the foreground, ``0 -1 ...`` if empty."""
-    if not mask.any():
+    bounds = foreground_bounds(mask)
+    if bounds is None:
         return "0 -1 0 -1 0 -1"
-    bounds = []
-    for axis in (2, 1, 0):  # i, j, k
-        other = tuple(a for a in range(3) if a != axis)
-        nonzero = np.flatnonzero(mask.any(axis=other))
-        bounds += [nonzero[0], nonzero[-1]]
-    return " ".join(str(int(b)) for b in bounds)
+    lo, hi = bounds
+    return " ".join(f"{int(lo[axis])} {int(hi[axis])}" for axis in (2, 1, 0))  # i, j, k
 
 
 def seg_nrrd_content(segments: Mapping[str, np.ndarray], ijk_to_ras: np.ndarray,

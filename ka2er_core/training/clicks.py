@@ -12,6 +12,8 @@ from typing import Optional
 import numpy as np
 from scipy import ndimage
 
+from ..geometry import foreground_bounds
+
 
 def component_centre(mask: np.ndarray) -> Optional[tuple[np.ndarray, int]]:
     """(k, j, i) of the deepest voxel of the largest connected component, and that component's size."""
@@ -38,20 +40,9 @@ def next_click(prediction: np.ndarray, truth: np.ndarray) -> Optional[tuple[np.n
     return extra[0], False
 
 
-def bounding_box(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Inclusive (k, j, i) bounds (lo, hi) of the foreground."""
-    lo, hi = [], []
-    for axis in range(3):
-        other = tuple(a for a in range(3) if a != axis)
-        nonzero = np.flatnonzero(mask.any(axis=other))
-        lo.append(nonzero[0])
-        hi.append(nonzero[-1])
-    return np.array(lo), np.array(hi)
-
-
 def jittered_box(mask: np.ndarray, rng: np.random.Generator, jitter: float = 0.1):
     """A box around the foreground with each side moved by up to ``jitter`` of its extent, (k, j, i)."""
-    lo, hi = bounding_box(mask)
+    lo, hi = foreground_bounds(mask)
     extent = hi - lo + 1
     lo = lo + rng.uniform(-jitter, jitter, 3) * extent
     hi = hi + rng.uniform(-jitter, jitter, 3) * extent

@@ -7,12 +7,12 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from ..geometry import box_corners, ijk_to_ras_points, ras_to_ijk, resample
+from ..geometry import foreground_bounds, ijk_box_to_ras, ijk_to_ras_points, ras_to_ijk, resample
 from ..inference.crops import plan_crop
 from ..modeling.normalization import Normalization
 from ..modeling.prompt_encoder import BOX_HIGH, BOX_LOW, FLAT_BOX_HIGH, FLAT_BOX_LOW, POSITIVE
 from ..volume import Grid, Volume
-from .clicks import bounding_box, component_centre, jittered_box
+from .clicks import component_centre, jittered_box
 
 
 @dataclass
@@ -38,11 +38,6 @@ class CropSample:
     target: str
 
 
-def ras_box_of(mask_lo_kji, mask_hi_kji, ijk_to_ras):
-    corners = ijk_to_ras_points(box_corners(mask_lo_kji[::-1], mask_hi_kji[::-1]), ijk_to_ras)
-    return corners.min(axis=0), corners.max(axis=0)
-
-
 def make_crop_sample(item: LabelledImage, target: str, values: Sequence[int], normalization: Normalization,
                      crop_size: int, base_spacing: float, max_spacing: float,
                      rng: np.random.Generator, box_probability: float = 0.5) -> Optional[CropSample]:
@@ -64,7 +59,7 @@ def make_crop_sample(item: LabelledImage, target: str, values: Sequence[int], no
             axis = rng.integers(3)
             lo[axis] = hi[axis] = round(rng.uniform(lo[axis] + 0.3 * (hi[axis] - lo[axis]),
                                                     hi[axis] - 0.3 * (hi[axis] - lo[axis])))
-        box_low, box_high = ras_box_of(lo, hi, volume.ijk_to_ras)
+        box_low, box_high = ijk_box_to_ras(lo[::-1], hi[::-1], volume.ijk_to_ras)
         crop = plan_crop(box_low, box_high, crop_size, base_spacing, max_spacing)
     else:
         centre, _ = component_centre(truth_full)
@@ -72,7 +67,8 @@ def make_crop_sample(item: LabelledImage, target: str, values: Sequence[int], no
         if rng.random() < 0.5:
             crop = plan_crop(click, click, crop_size, base_spacing, max_spacing)
         else:
-            low, high = ras_box_of(*bounding_box(truth_full), volume.ijk_to_ras)
+            lo, hi = foreground_bounds(truth_full)
+            low, high = ijk_box_to_ras(lo[::-1], hi[::-1], volume.ijk_to_ras)
             crop = plan_crop(np.minimum(low, click), np.maximum(high, click), crop_size,
                              base_spacing, max_spacing)
     # Scale jitter: the same object seen at slightly different zooms.

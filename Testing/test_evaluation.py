@@ -7,7 +7,7 @@ from ka2er_core.data import PHANTOM_LABELS, ct_phantom
 from ka2er_core.errors import EmptyMaskError
 from ka2er_core.evaluation.baseline import RandomWalkerSession
 from ka2er_core.evaluation.protocol import dice, run_protocol
-from ka2er_core.training.clicks import next_click
+from ka2er_core.training.clicks import first_prompts, next_click
 
 
 def test_next_click_targets_the_largest_error():
@@ -20,6 +20,19 @@ def test_next_click_targets_the_largest_error():
     assert positive and truth[k, j, i] and not prediction[k, j, i]
     assert 3 <= i <= 6  # the centre of the missed slab, not its edge
     assert next_click(truth, truth) is None
+
+
+def test_first_prompt_is_a_click_for_a_tissue_that_shares_its_box_with_a_larger_region():
+    k, j, i = np.indices((40, 40, 40))
+    radius = np.sqrt((k - 15) ** 2 + (j - 15) ** 2 + (i - 15) ** 2)
+    label = np.zeros((40, 40, 40), np.uint8)
+    label[radius < 12] = 1  # rim: the sphere's shell, same box as the whole sphere
+    label[radius < 5] = 2  # core: a smaller box inside
+    label[30:36, 30:36, 30:36] = 3  # a separate organ
+    kinds = first_prompts(label, {"sphere": (1, 2), "rim": (1,), "core": (2,), "organ": (3,),
+                                  "absent": (4,)})
+    assert kinds == {"sphere": {"box"}, "rim": {"click"}, "core": {"box", "click"},
+                     "organ": {"box", "click"}}
 
 
 def test_protocol_records_dice_per_prompt_with_the_baseline():

@@ -132,7 +132,10 @@ def build_parser() -> argparse.ArgumentParser:
                           help="dataset folder (repeat for several tasks)")
     evaluate.add_argument("--prompts", "--clicks", type=positive_int, default=5,
                           help="prompts per target (default 5)")
-    evaluate.add_argument("--first", choices=("box", "click"), default="box")
+    evaluate.add_argument("--first", choices=("auto", "box", "click"), default="auto",
+                          help="first prompt: a box, a click, or auto (default): a box when it "
+                               "identifies the target, a click for nested targets that share the "
+                               "box of a larger one (white matter inside the brain)")
     evaluate.add_argument("--split", choices=("test", "train"), default="test",
                           help="imagesTs/labelsTs (default) or imagesTr/labelsTr")
     evaluate.add_argument("--max-cases", type=positive_int, default=None)

@@ -10,15 +10,18 @@ import numpy as np
 
 from ..data.msd import load_dataset
 from ..io.atomic import atomic_write
+from ..training.clicks import first_prompts
 from .protocol import run_protocol
 
 
-def evaluate_bundle(bundle_path, folders: Sequence, prompts: int, first: str = "box",
+def evaluate_bundle(bundle_path, folders: Sequence, prompts: int, first: str = "auto",
                     split: str = "test", device: str = "auto", max_cases: Optional[int] = None,
                     progress: Optional[Callable[[str], None]] = None, baseline: bool = False) -> dict:
     """Run the protocol for every target of every case; returns the report (see :func:`summarise`).
 
-    ``baseline`` runs the classical random-walker baseline on the same prompts instead of a bundle.
+    ``first``: "box", "click", or "auto": a box when it identifies the target, else a click (see
+    :func:`~ka2er_core.training.clicks.first_prompts`). ``baseline`` runs the classical random-walker
+    baseline on the same prompts instead of a bundle.
     """
     if baseline:
         from .baseline import RandomWalkerSession
@@ -38,14 +41,17 @@ def evaluate_bundle(bundle_path, folders: Sequence, prompts: int, first: str = "
             if label is None:
                 continue
             session.set_image(images[0])
-            for name, value in dataset.labels.items():
-                values = value if isinstance(value, tuple) else (value,)
-                truth = np.isin(label.array, values)
-                if not truth.any():
+            targets = {name: value if isinstance(value, tuple) else (value,)
+                       for name, value in dataset.labels.items()}
+            identifying = first_prompts(label.array, targets)
+            for name, values in targets.items():
+                if name not in identifying:  # absent from this case
                     continue
-                run = run_protocol(session, images[0], truth, prompts, first, target=name)
+                kind = first if first != "auto" else ("box" if "box" in identifying[name] else "click")
+                truth = np.isin(label.array, values)
+                run = run_protocol(session, images[0], truth, prompts, kind, target=name)
                 runs.append({"task": dataset.name, "case": case.case_id, "target": name,
-                             **run.to_dict()})
+                             "first": kind, **run.to_dict()})
                 if progress:
                     progress(f"{dataset.name}/{case.case_id} {name}: Dice "
                              + " ".join(f"{d:.3f}" for d in run.dice))

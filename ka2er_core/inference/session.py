@@ -98,6 +98,8 @@ class InteractiveSession:
         self.targets: dict[str, Target] = {}
         self.target_name = "Segment_1"
         self._embeddings: OrderedDict = OrderedDict()
+        self.embeddings_computed = 0
+        """How many crop embeddings this session has computed (cache misses)."""
 
     # ---- image and targets ----
 
@@ -210,6 +212,7 @@ class InteractiveSession:
         tensor = torch.from_numpy(image)[None, None].to(self.device)
         with torch.inference_mode():
             embedding = self.segmenter.model.embed(tensor)
+        self.embeddings_computed += 1
         self._embeddings[key] = embedding
         while len(self._embeddings) > EMBEDDING_CACHE_SIZE:
             self._embeddings.popitem(last=False)

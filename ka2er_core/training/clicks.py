@@ -1,13 +1,13 @@
 """Simulated prompts, following DESIGN.md's interaction protocol.
 
-First prompt: a box around the target, or one click at the centre of the largest missed component;
-then each click at the centre (maximum of the distance transform) of the largest error component,
+First prompt: a box around the target, or one click at the centre of the largest missed component
+(:func:`first_prompts` says which of the two identifies the target); then each click at the centre (maximum of the distance transform) of the largest error component,
 positive for missed foreground, negative for a false positive. Arrays are (k, j, i).
 """
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Mapping, Optional, Sequence
 
 import numpy as np
 from scipy import ndimage
@@ -47,3 +47,40 @@ def jittered_box(mask: np.ndarray, rng: np.random.Generator, jitter: float = 0.1
     lo = lo + rng.uniform(-jitter, jitter, 3) * extent
     hi = hi + rng.uniform(-jitter, jitter, 3) * extent
     return np.minimum(lo, hi), np.maximum(lo, hi)
+
+
+BOX_OVERLAP = 0.9
+"""Boxes with at least this IoU count as the same box."""
+
+
+def box_iou(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray]) -> float:
+    """IoU of two inclusive voxel boxes (lo, hi)."""
+    overlap = np.prod(np.clip(np.minimum(a[1], b[1]) - np.maximum(a[0], b[0]) + 1, 0, None))
+    volume = [np.prod(hi - lo + 1) for lo, hi in (a, b)]
+    return float(overlap / (volume[0] + volume[1] - overlap))
+
+
+def first_prompts(label: np.ndarray, targets: Mapping[str, Sequence[int]]) -> dict[str, frozenset]:
+    """Which first prompts ("box", "click") identify each target present in ``label`` (k, j, i).
+
+    Nested targets share a box: white matter, grey matter and CSF all have the brain's box. A box then
+    means the largest of them (the brain), and the others can only start with a click, which means
+    the smallest target under it. A region made of other targets (the brain: grey + white + CSF) never
+    starts with a click, which would name the tissue under it.
+    """
+    masks = {name: np.isin(label, values) for name, values in targets.items()}
+    sizes = {name: int(mask.sum()) for name, mask in masks.items()}
+    boxes = {name: foreground_bounds(mask) for name, mask in masks.items() if sizes[name]}
+    kinds = {}
+    for name, box in boxes.items():
+        shared = [other for other, other_box in boxes.items()
+                  if other != name and box_iou(box, other_box) >= BOX_OVERLAP]
+        is_region = any(set(targets[other]) < set(targets[name]) for other in boxes if other != name)
+        box_names_it = all(sizes[other] < sizes[name] for other in shared)
+        if is_region:
+            kinds[name] = frozenset({"box"})
+        elif box_names_it:
+            kinds[name] = frozenset({"box", "click"})
+        else:
+            kinds[name] = frozenset({"click"})
+    return kinds

@@ -15,7 +15,7 @@ from torch import nn
 from ..modeling import ModelConfig, PromptableSegmenter
 from ..modeling.normalization import Normalization
 from ..modeling.prompt_encoder import NEGATIVE, PAD, POSITIVE
-from .clicks import next_click
+from .clicks import first_prompts, next_click
 from .loop import LoopConfig, distributed_context, train_loop
 from .losses import dice_bce_loss, dice_score
 from .samples import CropSample, LabelledImage, make_crop_sample
@@ -77,7 +77,16 @@ def add_clicks(coords: torch.Tensor, labels: torch.Tensor, prediction: np.ndarra
 
 
 def damaged(truth: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """A plausible wrong mask to correct: eroded or dilated, with a hole and a spurious blob."""
+    """A plausible wrong mask to correct: eroded or dilated, with a hole and a spurious blob; or, one
+    time in three, the part of the truth inside a smaller centred box (what a zoom-out carries over
+    from the smaller crop before it)."""
+    if rng.random() < 1 / 3:
+        half = np.asarray(truth.shape) * rng.uniform(0.2, 0.4)
+        centre = np.asarray(truth.shape) / 2
+        box = tuple(slice(int(c - h), int(c + h)) for c, h in zip(centre, half))
+        mask = np.zeros_like(truth)
+        mask[box] = truth[box]
+        return mask
     mask = (ndimage.binary_erosion if rng.random() < 0.5 else ndimage.binary_dilation)(
         truth, iterations=int(rng.integers(1, 4)))
     k, j, i = np.indices(truth.shape)
@@ -118,21 +127,33 @@ class CropSampler:
     def __init__(self, items: Sequence[LabelledImage], targets: Sequence[TargetSpec],
                  normalization: Normalization, crop_size: int, base_spacing: float,
                  max_spacing: float, batch_size: int, max_extra_clicks: int = 4,
-                 correct_probability: float = 0.15):
+                 correct_probability: float = 0.25):
         self.items, self.targets = list(items), list(targets)
         self.normalization = normalization
         self.crop = (crop_size, base_spacing, max_spacing)
         self.batch_size = batch_size
         self.max_extra_clicks = max_extra_clicks
         self.correct_probability = correct_probability
+        self._first: dict[int, dict] = {}  # item index -> target name -> first prompts
+
+    def first_prompts(self, index: int) -> dict:
+        if index not in self._first:
+            item = self.items[index]
+            self._first[index] = first_prompts(
+                item.label.array, {t.name: t.values for t in self.targets if t.task == item.task})
+        return self._first[index]
 
     def sample(self, rng: np.random.Generator) -> CropSample:
         while True:
-            item = self.items[rng.integers(len(self.items))]
+            index = int(rng.integers(len(self.items)))
+            item = self.items[index]
             choices = [t for t in self.targets if t.task == item.task]
             target = choices[rng.integers(len(choices))]
+            first = self.first_prompts(index).get(target.name)
+            if first is None:
+                continue
             crop = make_crop_sample(item, target.name, target.values, self.normalization, *self.crop,
-                                    rng=rng)
+                                    rng=rng, first=first)
             if crop is not None:
                 return crop
 

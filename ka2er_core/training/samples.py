@@ -40,11 +40,14 @@ class CropSample:
 
 def make_crop_sample(item: LabelledImage, target: str, values: Sequence[int], normalization: Normalization,
                      crop_size: int, base_spacing: float, max_spacing: float,
-                     rng: np.random.Generator, box_probability: float = 0.5) -> Optional[CropSample]:
+                     rng: np.random.Generator, box_probability: float = 0.5,
+                     first: frozenset = frozenset({"box", "click"})) -> Optional[CropSample]:
     """A crop around one target (the union of label ``values``), or None if the target is absent.
 
-    With ``box_probability`` the first prompt is a jittered box and the crop is planned around it (as
-    the session does for a box); otherwise it is a click at the centre of the largest component and
+    ``first``: the first prompts that identify the target (see
+    :func:`~ka2er_core.training.clicks.first_prompts`). When both do, with ``box_probability`` the
+    first prompt is a jittered box and the crop is planned around it (as the session does for a box);
+    otherwise it is a click at the centre of the largest component and
     the crop is either planned at the base spacing around the click or zoomed out to the whole
     object (the two regimes of the session's zoom-out).
     """
@@ -52,7 +55,7 @@ def make_crop_sample(item: LabelledImage, target: str, values: Sequence[int], no
     truth_full = np.isin(item.label.array, values)
     if not truth_full.any():
         return None
-    use_box = rng.random() < box_probability
+    use_box = "box" in first and ("click" not in first or rng.random() < box_probability)
     if use_box:
         lo, hi = jittered_box(truth_full, rng)
         if rng.random() < 0.2:  # a 2D box on one slice through the object

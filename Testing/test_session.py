@@ -151,7 +151,7 @@ def test_object_larger_than_the_crop_zooms_out(bundle, volume, monkeypatch):
 def test_block_paste_equals_a_full_render_when_only_a_ball_changes(rng, volume):
     """Old and new crop logits differ in one small ball: rendering only the changed cells gives
     exactly the full render of the new logits."""
-    from ka2er_core.inference.crops import changed_blocks
+    from ka2er_core.inference.crops import changed_cells
 
     crop = plan_crop(centre_ras(volume), centre_ras(volume), 64, 1.0, 4.0)
     k, j, i = np.indices(crop.shape)
@@ -163,13 +163,12 @@ def test_block_paste_equals_a_full_render_when_only_a_ball_changes(rng, volume):
     mask = np.zeros(SHAPE, bool)
     rendered, reached = sample_logits(torch.from_numpy(old), crop, volume.grid, whole)
     mask[whole] = rendered & reached
-    cells = changed_blocks(new, old)
-    assert 0 < len(cells) < 40  # a handful of 4^3 cells out of 4096
-    for lo, hi in cells:
-        region = region_slices(crop, volume.grid, lo, hi)
-        if region is not None:
-            part, part_reached = sample_logits(torch.from_numpy(new), crop, volume.grid, region)
-            mask[region] = np.where(part_reached, part, mask[region])
+    cells, box = changed_cells(new, old)
+    assert 0 < cells.sum() < 40  # a handful of 4^3 cells out of 4096
+    region = region_slices(crop, volume.grid, *box)
+    part, part_reached = sample_logits(torch.from_numpy(new), crop, volume.grid, region, cells)
+    assert part_reached.sum() < part_reached.size  # the box's voxels outside the cells are left alone
+    mask[region] = np.where(part_reached, part, mask[region])
     expected = np.zeros(SHAPE, bool)
     rendered, reached = sample_logits(torch.from_numpy(new), crop, volume.grid, whole)
     expected[whole] = rendered & reached

@@ -4,7 +4,7 @@
 # Usage: scripts/train_demo_bundle.sh [WORK_DIR] [STEPS]   (resumes if WORK_DIR has a checkpoint)
 set -euo pipefail
 work=${1:-ka2er-train-demo}
-steps=${2:-4000}
+steps=${2:-6000}
 ka2er data --out "$work/data" --train 16 --test 2
 ka2er train --out "$work/bundle" --steps "$steps" --batch-size 2 --size tiny \
   --base-spacing 1.5 --max-spacing 4.0 --seed 0 \

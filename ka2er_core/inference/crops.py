@@ -13,7 +13,6 @@ from typing import Optional
 
 import numpy as np
 import torch
-from scipy import ndimage
 
 from ..geometry import crop_grid, ras_to_ijk
 from ..volume import Grid
@@ -80,12 +79,14 @@ def region_slices(crop: Grid, volume: Grid, changed_ijk_lo=None, changed_ijk_hi=
     return tuple(slice(int(a), int(b)) for a, b in zip(start[::-1], stop[::-1]))
 
 
-def sample_logits(logits: torch.Tensor, crop: Grid, volume: Grid,
-                  region: tuple[slice, slice, slice]) -> tuple[np.ndarray, np.ndarray]:
+def sample_logits(logits: torch.Tensor, crop: Grid, volume: Grid, region: tuple[slice, slice, slice],
+                  cells: Optional[np.ndarray] = None) -> tuple[np.ndarray, np.ndarray]:
     """Trilinear samples of crop ``logits`` (S, S, S) at the volume voxels of ``region``.
 
     Returns bool arrays of the region's shape: the mask (logit > 0) and which voxels the crop
-    reaches. Only the region's voxels are computed.
+    reaches. With ``cells`` ((S/b)^3 bool, (k, j, i), from :func:`changed_cells`), a voxel counts as
+    reached only when its nearest crop voxel lies in an active cell. Only the region's voxels are
+    computed, in one pass.
     """
     k, j, i = (np.arange(s.start, s.stop, dtype=np.float32) for s in region)
     volume_to_crop = (np.linalg.inv(crop.ijk_to_ras) @ volume.ijk_to_ras).astype(np.float32)
@@ -100,27 +101,39 @@ def sample_logits(logits: torch.Tensor, crop: Grid, volume: Grid,
     values = torch.nn.functional.grid_sample(
         logits[None, None].float().cpu(), grid[None], mode="bilinear", padding_mode="border",
         align_corners=True)[0, 0]
-    inside = (grid.abs() <= 1 + 1e-6).all(dim=-1)
-    return (values > 0).numpy(), inside.numpy()
+    inside = (grid.abs() <= 1 + 1e-6).all(dim=-1).numpy()
+    if cells is not None:
+        size = torch.tensor(crop.shape[::-1], dtype=torch.float32) - 1  # (i, j, k)
+        nearest = torch.round((grid + 1) / 2 * size).long()
+        nearest = torch.minimum(nearest.clamp(min=0), size.long())
+        block = crop.shape[0] // cells.shape[0]
+        cell = (nearest // block).numpy()
+        inside &= cells[cell[..., 2], cell[..., 1], cell[..., 0]]
+    return (values > 0).numpy(), inside
 
 
-def changed_blocks(new_logits: np.ndarray, old_logits: np.ndarray, block: int = 4,
-                   focus: Optional[np.ndarray] = None, radius: float = np.inf):
-    """Crop-voxel (i, j, k) bounds (lo, hi) of each ``block``^3 cell holding a voxel whose sign changed
-    or that neighbours one (the support of trilinear interpolation). Corrective clicks change a few
-    scattered voxels; rendering only these cells keeps the paste proportional to the change.
-    With ``focus`` (crop-voxel (i, j, k)), only cells whose centre lies within ``radius`` voxels of it.
+def changed_cells(new_logits: np.ndarray, old_logits: np.ndarray, block: int = 4,
+                  focus: Optional[np.ndarray] = None, radius: float = np.inf):
+    """Which ``block``^3 cells of the crop ((S/block)^3 bool, (k, j, i)) hold a voxel whose sign
+    changed or that neighbours one (the support of trilinear interpolation), and the crop-voxel
+    (i, j, k) box (lo, hi) enclosing them; None when nothing changed. Corrective clicks change a few
+    scattered voxels; rendering only these cells keeps the paste proportional to the change and
+    leaves every other voxel of the mask as it was. With ``focus`` (crop-voxel (i, j, k)), only cells
+    whose centre lies within ``radius`` voxels of it.
     """
     changed = (new_logits > 0) != (old_logits > 0)
     if not changed.any():
-        return []
-    changed = ndimage.binary_dilation(changed, structure=np.ones((3, 3, 3), bool))
-    n = [size // block for size in changed.shape]
-    active = changed.reshape(n[0], block, n[1], block, n[2], block).any(axis=(1, 3, 5))
-    cells = []
-    for k, j, i in np.argwhere(active):
-        lo = np.array([i, j, k]) * block
-        if focus is not None and np.linalg.norm(lo + (block - 1) / 2 - focus) > radius:
-            continue
-        cells.append((lo - 0.5, lo + block - 0.5))
-    return cells
+        return None
+    # A cell is active when a changed voxel lies in it or one voxel around it: one max-pool.
+    active = torch.nn.functional.max_pool3d(torch.from_numpy(changed)[None, None].float(),
+                                            block + 2, stride=block, padding=1)[0, 0].numpy() > 0
+    if focus is not None:
+        centres = (np.indices(active.shape).reshape(3, -1).T[:, ::-1] * block + (block - 1) / 2)
+        near = np.linalg.norm(centres - np.asarray(focus), axis=1) <= radius
+        active &= near.reshape(active.shape)
+    if not active.any():
+        return None
+    lo_kji, hi_kji = (np.array(b) for b in (np.argwhere(active).min(0), np.argwhere(active).max(0)))
+    lo = lo_kji[::-1] * block - 0.5
+    hi = (hi_kji[::-1] + 1) * block - 0.5
+    return active, (lo, hi)

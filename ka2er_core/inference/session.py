@@ -21,7 +21,7 @@ from ..geometry import foreground_bounds, ijk_box_to_ras, ras_to_ijk, resample
 from ..modeling.prompt_encoder import (BOX_HIGH, BOX_LOW, FLAT_BOX_HIGH, FLAT_BOX_LOW, NEGATIVE,
                                        POSITIVE)
 from ..volume import Grid, Volume
-from .crops import (ZOOM_STEP, changed_blocks, covers, plan_crop, region_slices, sample_logits,
+from .crops import (ZOOM_STEP, changed_cells, covers, plan_crop, region_slices, sample_logits,
                     touched_faces)
 
 Region = tuple[slice, slice, slice]
@@ -324,27 +324,25 @@ class InteractiveSession:
 
     def _paste(self, target, prompts, crop, logits, old, score, start, focus=None) -> Result:
         step = UndoStep([], target.prompts, target.crop, target.bounds)
-        logits_tensor = torch.from_numpy(logits)
-        cells = changed_blocks(logits, old, focus=focus, radius=CORRECTION_RADIUS * crop.shape[0])
-        for lo, hi in cells:
-            region = region_slices(crop, self.volume.grid, lo, hi)
-            if region is None:
-                continue
-            rendered, reached = sample_logits(logits_tensor, crop, self.volume.grid, region)
+        changed = changed_cells(logits, old, focus=focus, radius=CORRECTION_RADIUS * crop.shape[0])
+        region = None if changed is None else region_slices(crop, self.volume.grid, *changed[1])
+        if region is not None:
+            cells = changed[0]
+            rendered, reached = sample_logits(torch.from_numpy(logits), crop, self.volume.grid,
+                                              region, cells)
             previous = target.mask[region].copy()
-            target.mask[region] = np.where(reached, rendered, previous)  # unreached voxels keep theirs
+            target.mask[region] = np.where(reached, rendered, previous)  # the rest keeps its value
             step.pasted.append((region, previous))
             grown = self._mask_bounds(target.mask, region)
             if grown is not None:
                 target.bounds = grown if target.bounds is None else (
                     np.minimum(target.bounds[0], grown[0]), np.maximum(target.bounds[1], grown[1]))
+            if focus is not None:  # what was not pasted stays as it was in the crop's memory too
+                block = crop.shape[0] // cells.shape[0]
+                pasted = cells.repeat(block, 0).repeat(block, 1).repeat(block, 2)
+                logits = np.where(pasted, logits, old)
         target.history.append(step)
         target.prompts = prompts
-        if focus is not None:  # what was not pasted stays as it was in the crop's memory too
-            keep = np.ones(crop.shape, bool)
-            for lo, hi in cells:
-                keep[tuple(slice(int(a + 0.5), int(b + 0.5) + 1) for a, b in zip(lo[::-1], hi[::-1]))] = False
-            logits = np.where(keep, old, logits)
         target.crop = CropState(crop, logits)
         return Result(union(region for region, _ in step.pasted), score, self.segmenter.name,
                       (time.perf_counter() - start) * 1000)

@@ -1,8 +1,9 @@
 """Simulated prompts, following DESIGN.md's interaction protocol.
 
 First prompt: a box around the target, or one click at the centre of the largest missed component
-(:func:`first_prompts` says which of the two identifies the target); then each click at the centre (maximum of the distance transform) of the largest error component,
-positive for missed foreground, negative for a false positive. Arrays are (k, j, i).
+(:func:`first_prompts` says which of the two identifies the target); then each click at the centre
+(maximum of the distance transform) of the largest error component, positive for missed foreground,
+negative for a false positive. Arrays are (k, j, i).
 """
 
 from __future__ import annotations

@@ -1,0 +1,92 @@
+"""Checks Python source that calls Slicer against ``../shared/slicer-api/catalog.json``.
+
+Slicer cannot be installed here; the catalog lists the names of its scriptable API, read from
+Slicer's own sources. VTK's own classes are not in it: they are introspected from the ``vtk``
+package. :meth:`SlicerCatalog.check` walks a module's AST and reports every ``slicer.*`` name and
+every MRML/VTK-style method call (``obj.CapitalisedName(...)``) that neither knows.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+from functools import cached_property
+from pathlib import Path
+
+CATALOG = Path(__file__).resolve().parents[2] / "shared" / "slicer-api" / "catalog.json"
+UTIL = "Base/Python/slicer/util.py"
+SCRIPTED = "Base/Python/slicer/ScriptedLoadableModule.py"
+RUNTIME_NAMES = {"mrmlScene", "app", "modules", "util", "ScriptedLoadableModule"}
+"""Attributes Slicer's application sets on the ``slicer`` module at start-up (not in any source
+file's top level, so not in the catalog)."""
+
+
+class SlicerCatalog:
+    def __init__(self, path: Path = CATALOG):
+        data = json.loads(Path(path).read_text())
+        self.classes: dict[str, dict] = data["classes"]
+        self.python: dict[str, dict] = data["python"]
+
+    @cached_property
+    def util_names(self) -> set[str]:
+        util = self.python[UTIL]
+        return set(util["functions"]) | set(util["classes"])
+
+    @cached_property
+    def scripted_names(self) -> set[str]:
+        return set(self.python[SCRIPTED]["classes"])
+
+    def vtk_class(self, name: str):
+        import vtk
+
+        return getattr(vtk, name, None)
+
+    def has_class(self, name: str) -> bool:
+        return name in self.classes or (name.startswith("vtk") and self.vtk_class(name) is not None)
+
+    def method_names(self, name: str) -> set[str]:
+        """Names a class declares or inherits: catalog classes walk their bases, VTK classes are
+        introspected."""
+        if name in self.classes:
+            entry = self.classes[name]
+            names = set(entry["names"])
+            for base in entry["bases"]:
+                names |= self.method_names(base)
+            return names
+        cls = self.vtk_class(name) if name.startswith("vtk") else None
+        return set(dir(cls)) if cls is not None else set()
+
+    @cached_property
+    def all_methods(self) -> set[str]:
+        """Every method name of every catalog class, with their VTK bases."""
+        names: set[str] = set()
+        for name in self.classes:
+            names |= self.method_names(name)
+        return names
+
+    def check(self, source: str, filename: str = "<source>") -> list[str]:
+        """Problems (``file:line: message``) for unknown Slicer names and methods in ``source``."""
+        tree = ast.parse(source, filename)
+        vtk_used = {node.attr for node in ast.walk(tree) if isinstance(node, ast.Attribute)
+                    and isinstance(node.value, ast.Name) and node.value.id == "vtk"}
+        methods = self.all_methods.union(*(self.method_names(name) for name in vtk_used))
+        problems = []
+        for node in ast.walk(tree):
+            where = f"{filename}:{getattr(node, 'lineno', 0)}"
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
+                owner, name = node.value.id, node.attr
+                if owner == "vtk" and self.vtk_class(name) is None:
+                    problems.append(f"{where}: vtk.{name} is not in the vtk package")
+                elif owner == "slicer" and not (name in RUNTIME_NAMES or self.has_class(name)):
+                    problems.append(f"{where}: slicer.{name} is not in the catalog")
+            if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Attribute)
+                    and isinstance(node.value.value, ast.Name) and node.value.value.id == "slicer"):
+                module, name = node.value.attr, node.attr
+                known = {"util": self.util_names, "ScriptedLoadableModule": self.scripted_names}
+                if module in known and name not in known[module]:
+                    problems.append(f"{where}: slicer.{module}.{name} is not in the catalog")
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                    and node.func.attr[:1].isupper() and node.func.attr not in methods
+                    and not self.has_class(node.func.attr)):
+                problems.append(f"{where}: method {node.func.attr} is on no catalog or VTK class")
+        return problems

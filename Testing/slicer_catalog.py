@@ -3,7 +3,9 @@
 Slicer cannot be installed here; the catalog lists the names of its scriptable API, read from
 Slicer's own sources. VTK's own classes are not in it: they are introspected from the ``vtk``
 package. :meth:`SlicerCatalog.check` walks a module's AST and reports every ``slicer.*`` name and
-every MRML/VTK-style method call (``obj.CapitalisedName(...)``) that neither knows.
+every MRML/VTK-style method call (``obj.CapitalisedName(...)``) that neither knows. Calls on other
+imported modules (``threading.Thread()``) are not methods; ``qt.Name`` must be a Qt class (PySide6 is
+the reference for PythonQt's ``qt`` module).
 """
 
 from __future__ import annotations
@@ -19,6 +21,21 @@ SCRIPTED = "Base/Python/slicer/ScriptedLoadableModule.py"
 RUNTIME_NAMES = {"mrmlScene", "app", "modules", "util", "ScriptedLoadableModule"}
 """Attributes Slicer's application sets on the ``slicer`` module at start-up (not in any source
 file's top level, so not in the catalog)."""
+VTK_DATA_CLASSES = ("vtkPointData", "vtkDataArray", "vtkMatrix4x4", "vtkCollection")
+"""VTK classes that catalog getters return (``image.GetPointData()``): their methods are known."""
+
+
+def qt_class(name: str):
+    """The PySide6 class a PythonQt ``qt.<name>`` stands for (None if Qt has no such class)."""
+    from PySide6 import QtCore, QtGui, QtWidgets
+
+    return next((getattr(m, name) for m in (QtWidgets, QtGui, QtCore) if hasattr(m, name)), None)
+
+
+def imported_modules(tree: ast.AST) -> set[str]:
+    """Names bound by ``import x`` / ``import x as y`` in ``tree``."""
+    return {alias.asname or alias.name.split(".")[0] for node in ast.walk(tree)
+            if isinstance(node, ast.Import) for alias in node.names}
 
 
 class SlicerCatalog:
@@ -60,7 +77,7 @@ class SlicerCatalog:
     def all_methods(self) -> set[str]:
         """Every method name of every catalog class, with their VTK bases."""
         names: set[str] = set()
-        for name in self.classes:
+        for name in (*self.classes, *VTK_DATA_CLASSES):
             names |= self.method_names(name)
         return names
 
@@ -70,6 +87,7 @@ class SlicerCatalog:
         vtk_used = {node.attr for node in ast.walk(tree) if isinstance(node, ast.Attribute)
                     and isinstance(node.value, ast.Name) and node.value.id == "vtk"}
         methods = self.all_methods.union(*(self.method_names(name) for name in vtk_used))
+        modules = imported_modules(tree) - {"slicer", "vtk"}
         problems = []
         for node in ast.walk(tree):
             where = f"{filename}:{getattr(node, 'lineno', 0)}"
@@ -79,6 +97,8 @@ class SlicerCatalog:
                     problems.append(f"{where}: vtk.{name} is not in the vtk package")
                 elif owner == "slicer" and not (name in RUNTIME_NAMES or self.has_class(name)):
                     problems.append(f"{where}: slicer.{name} is not in the catalog")
+                elif owner == "qt" and qt_class(name) is None:
+                    problems.append(f"{where}: qt.{name} is not a Qt class")
             if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Attribute)
                     and isinstance(node.value.value, ast.Name) and node.value.value.id == "slicer"):
                 module, name = node.value.attr, node.attr
@@ -86,6 +106,7 @@ class SlicerCatalog:
                 if module in known and name not in known[module]:
                     problems.append(f"{where}: slicer.{module}.{name} is not in the catalog")
             if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                    and not (isinstance(node.func.value, ast.Name) and node.func.value.id in modules)
                     and node.func.attr[:1].isupper() and node.func.attr not in methods
                     and not self.has_class(node.func.attr)):
                 problems.append(f"{where}: method {node.func.attr} is on no catalog or VTK class")

@@ -174,3 +174,19 @@ def test_block_paste_equals_a_full_render_when_only_a_ball_changes(rng, volume):
     expected[whole] = rendered & reached
     assert mask.sum() > 0
     np.testing.assert_array_equal(mask, expected)
+
+
+def test_pinning_a_member_makes_it_answer(volume):
+    torch.manual_seed(1)
+    members = {name: Segmenter(name, PromptableSegmenter(ModelConfig.tiny()).eval(), Normalization("mr"),
+                               1.5, 4.0) for name in ("general", "brain expert")}
+    session = InteractiveSession(Bundle(None, "moe", members), device="cpu")
+    session.set_image(volume)
+    assert session.members == ["general", "brain expert"]
+    assert session.add_point(centre_ras(volume)).expert == "general"
+    session.pin("brain expert")
+    assert session.add_point(centre_ras(volume, (2, 0, 0))).expert == "brain expert"
+    session.pin(None)
+    assert session.add_point(centre_ras(volume, (-2, 0, 0))).expert == "general"
+    with pytest.raises(PromptError, match="unknown member 'liver'"):
+        session.pin("liver")

@@ -1,7 +1,8 @@
-"""The Slicer-name checker finds misspelled names and accepts correct ones (the module's own check
-uses it once the module exists)."""
+"""Every Slicer, VTK and Qt name the KA2ERSegment module uses exists; the checker finds misspelled
+names and accepts correct ones."""
 
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -25,7 +26,12 @@ GOOD = textwrap.dedent("""
     segmentation = slicer.vtkMRMLSegmentationNode()
     segmentation.GetSegmentation().AddEmptySegment("target")
     matrix.MultiplyPoint([0, 0, 0, 1])
+    import qt, threading
+    timer = qt.QTimer()
+    worker = threading.Thread(target=print)
 """)
+MODULE = Path(__file__).resolve().parents[1] / "KA2ERSegment"
+
 
 
 def test_correct_slicer_calls_pass(catalog):
@@ -38,9 +44,18 @@ def test_correct_slicer_calls_pass(catalog):
     ("slicer.vtkMRMLSegmentationNode", "slicer.vtkMRMLSegmentationNod"),
     ("vtk.vtkMatrix4x4", "vtk.vtkMatrix4x5"),
     ("GetNthControlPointPositionWorld", "GetNthControlPointPositionWrld"),
+    ("qt.QTimer", "qt.QTimmer"),
 ])
 def test_a_misspelled_name_is_reported(catalog, correct, misspelled):
     source = GOOD.replace(correct, misspelled)
     assert source != GOOD
     problems = catalog.check(source, "snippet.py")
     assert any(misspelled in problem for problem in problems), problems
+
+
+def test_every_name_the_module_uses_exists(catalog):
+    sources = sorted(MODULE.rglob("*.py"))
+    assert MODULE / "KA2ERSegment.py" in sources and len(sources) >= 5
+    problems = [problem for path in sources
+                for problem in catalog.check(path.read_text(), str(path.relative_to(MODULE)))]
+    assert problems == []

@@ -111,6 +111,24 @@ class InteractiveSession:
         self.targets.clear()
         self._embeddings.clear()
 
+    @property
+    def members(self) -> list[str]:
+        """Names of the bundle's models (one for a student bundle; general plus experts for MoE)."""
+        return list(self.bundle.members)
+
+    def pin(self, member: Optional[str]) -> None:
+        """Let ``member`` answer every prompt (None: the bundle's default); embeddings stay cached."""
+        if member is None:
+            self.segmenter = self.bundle.default
+        elif member in self.bundle.members:
+            self.segmenter = self.bundle.members[member]
+        else:
+            raise PromptError(f"unknown member {member!r}; the bundle has {self.members}",
+                              field="member")
+        self.segmenter.model.to(self.device)
+        if self.volume is not None:
+            self._stats = self.segmenter.normalization.statistics(self.volume.array)
+
     def set_target(self, name: str) -> None:
         """Make ``name`` the current target (created empty on first use); embeddings stay cached."""
         self.target_name = name

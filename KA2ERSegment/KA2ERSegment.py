@@ -523,7 +523,8 @@ class KA2ERSegmentTest(ScriptedLoadableModuleTest):
             raise RuntimeError("dependencies are missing")
         try:
             from ka2er_core.data.mni import mni152
-        except ImportError:
+        except ImportError:  # running the self-test is the consent; say what it installs
+            self.delayDisplay("Installing nilearn (it ships the MNI152 template)")
             slicer.util.pip_install("nilearn")
         from ka2er_core.data.mni import mni152
 

@@ -275,7 +275,11 @@ class KA2ERSegmentLogic(ScriptedLoadableModuleLogic):
         def done(value):
             result, values = value
             if result.region is not None:
-                self._write(result.region, values)
+                try:
+                    self._write(result.region, values)
+                except Exception as error:  # shown as one message, not a traceback in the timer
+                    failed(error)
+                    return
             self.undoMarks.setdefault(segmentId, []).append(markupsNode)
             if self.onResult is not None:
                 self.onResult(segmentId, result)

@@ -4,6 +4,7 @@ geometry, undo mirrored in the segment, other segments untouched, failures leave
 """
 
 import importlib
+import shutil
 import sys
 import tomllib
 import types
@@ -253,3 +254,38 @@ def test_the_module_requires_what_pyproject_requires():
         sys.path.remove(str(MODULE))
     pyproject = tomllib.loads((MODULE.parent / "pyproject.toml").read_text())
     assert sorted(REQUIREMENTS.values()) == sorted(pyproject["project"]["dependencies"])
+
+
+@pytest.mark.parametrize("file, correct, misspelled", [
+    ("KA2ERSegmentLib/geometry.py", "GetNthControlPointPositionWorld", "GetNthControlPointWorldPosition"),
+    ("KA2ERSegmentLib/segments.py", "SetBinaryLabelmapToSegment", "SetBinaryLabelMapToSegment"),
+])
+def test_a_misspelled_slicer_method_in_the_module_fails_these_tests(slicer, tmp_path, monkeypatch,
+                                                                    file, correct, misspelled):
+    """The stand-in has only the catalog's methods, so a Logic calling a wrong name cannot pass."""
+    copy = tmp_path / "KA2ERSegment"
+    shutil.copytree(MODULE, copy, ignore=shutil.ignore_patterns("__pycache__", "Resources"))
+    source = (copy / file).read_text()
+    assert correct in source
+    (copy / file).write_text(source.replace(correct, misspelled))
+    monkeypatch.syspath_prepend(str(copy))
+    for name in [n for n in sys.modules if n == "KA2ERSegment" or n.startswith("KA2ERSegmentLib")]:
+        monkeypatch.delitem(sys.modules, name)
+    module = importlib.import_module("KA2ERSegment")
+    assert Path(module.__file__).parent == copy
+    logic = module.KA2ERSegmentLogic()
+    errors = []
+    logic.onError = errors.append
+    try:
+        logic.loadModel("", device="cpu")
+        volume, _, _, centre = oblique_ball_volume(slicer)
+        logic.setVolume(volume)
+        logic.setTarget("")
+        positive, _, _ = logic.promptNodes()
+        try:
+            click(logic, positive, centre)
+        except AttributeError as error:  # raised at once (the prompt) ...
+            errors.append(str(error))
+        assert len(errors) == 1 and misspelled in errors[0]  # ... or reported (the write)
+    finally:
+        logic.worker.stop()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from pathlib import Path
@@ -59,23 +60,96 @@ def run_train(args: argparse.Namespace) -> int:
 
     config = ModelConfig.tiny() if args.size == "tiny" else ModelConfig.full()
     out = train_promptable(args.dataset, args.out, steps=args.steps, batch_size=args.batch_size,
-                           config=config, base_spacing=args.base_spacing,
+                           config=config, init=args.init, base_spacing=args.base_spacing,
                            max_spacing=args.max_spacing, lr=args.lr, seed=args.seed,
                            progress=progress_printer("train"))
     print(out)
     return 0
 
 
-def run_evaluate(args: argparse.Namespace) -> int:
-    from .evaluation.report import evaluate_bundle, format_table, write_report
+def run_amalgamate(args: argparse.Namespace) -> int:
+    from .modeling import ModelConfig
+    from .training.amalgamate import amalgamate
 
-    report = evaluate_bundle(args.bundle, args.dataset, args.prompts, first=args.first,
-                             split=args.split, device=args.device, max_cases=args.max_cases,
-                             progress=progress_printer("evaluate"), baseline=args.baseline)
-    json_path, png_path = write_report(report, args.out)
-    print(format_table(report))
-    print(f"wrote {json_path} and {png_path}")
+    config = ModelConfig.tiny() if args.size == "tiny" else ModelConfig.full()
+    out = amalgamate(args.dataset, args.expert, args.out, steps=args.steps,
+                     batch_size=args.batch_size, config=config, init=args.init,
+                     base_spacing=args.base_spacing, max_spacing=args.max_spacing,
+                     hidden=args.hidden, heads=args.heads, distill_weight=args.distill_weight,
+                     lr=args.lr, seed=args.seed, progress=progress_printer("amalgamate"))
+    print(out)
     return 0
+
+
+def run_train_expert(args: argparse.Namespace) -> int:
+    from .training.expert import train_expert
+
+    out = train_expert(args.dataset, args.out, steps=args.steps, batch_size=args.batch_size,
+                       size=args.size, lr=args.lr, seed=args.seed,
+                       progress=progress_printer("train-expert"))
+    print(out)
+    return 0
+
+
+def run_segment(args: argparse.Namespace) -> int:
+    from .bundle import load_expert
+    from .inference.automatic import segment_automatic
+    from .io import load_volume, save_segmentation
+
+    expert = load_expert(args.bundle)
+    volume = load_volume(args.image)
+    labels = segment_automatic(expert, volume, device=args.device,
+                               progress=progress_printer("segment"))
+    masks = {name: labels.array == value for name, value in labels.labels.items()}
+    save_segmentation(args.out, masks, reference=volume)
+    voxel_ml = math.prod(volume.spacing) / 1000
+    for name, mask in masks.items():
+        count = int(mask.sum())
+        print(f"{name}: {count} voxels ({count * voxel_ml:.1f} mL)")
+    print(f"wrote {args.out}")
+    return 0
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    from .evaluation.report import (compare, evaluate_bundle, format_comparison, format_table,
+                                    merge_reports, write_comparison, write_report)
+
+    bundles = args.bundle or [None]
+    methods = {method_name(bundle, bundles): bundle for bundle in bundles}
+    if args.baseline and len(bundles) == 1 and args.bundle is None:
+        methods = {"random walker": "baseline"}
+    elif args.baseline:
+        methods["random walker"] = "baseline"
+    reports = {}
+    for name, bundle in methods.items():
+        reports[name] = evaluate_bundle(
+            None if bundle == "baseline" else bundle, args.dataset, args.prompts, first=args.first,
+            split=args.split, device=args.device, max_cases=args.max_cases,
+            progress=progress_printer(f"evaluate {name}"), baseline=bundle == "baseline")
+    experts = [name for name, report in reports.items() if report["settings"]["first"] == "automatic"]
+    if len(experts) > 1:  # one column for the task experts, each on its own task
+        reports = {"task experts": merge_reports([reports[name] for name in experts]),
+                   **{name: report for name, report in reports.items() if name not in experts}}
+    if len(reports) == 1:
+        report = next(iter(reports.values()))
+        json_path, png_path = write_report(report, args.out)
+        print(format_table(report))
+        print(f"wrote {json_path} and {png_path}")
+        return 0
+    for name, report in reports.items():
+        write_report(report, args.out / name.replace("/", "_").replace(" ", "_"))
+    paths = write_comparison(reports, args.out)
+    print(format_comparison(compare(reports)))
+    print("wrote " + ", ".join(str(p) for p in paths))
+    return 0
+
+
+def method_name(bundle: Optional[Path], bundles: Sequence[Optional[Path]]) -> str:
+    """A bundle's name in reports: its folder name, with the parent's if two share a name."""
+    if bundle is None:
+        return "demo"
+    names = [b.name for b in bundles if b is not None]
+    return bundle.name if names.count(bundle.name) == 1 else f"{bundle.parent.name}/{bundle.name}"
 
 
 def run_demo(args: argparse.Namespace) -> int:
@@ -83,6 +157,24 @@ def run_demo(args: argparse.Namespace) -> int:
 
     demo(Path(args.out), progress=progress_printer("demo"))
     return 0
+
+
+def add_promptable_training_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options shared by the trainers of promptable models (train, amalgamate)."""
+    parser.add_argument("--dataset", required=True, action="append", type=Path,
+                        help="dataset folder (repeat for several tasks)")
+    parser.add_argument("--out", required=True, type=Path, help="bundle folder to write")
+    parser.add_argument("--init", type=Path, default=None,
+                        help="start from this bundle's promptable model (fine-tuning) instead of "
+                             "random weights")
+    parser.add_argument("--steps", type=positive_int, default=2000, help="optimizer steps (default 2000)")
+    parser.add_argument("--batch-size", type=positive_int, default=2, help="crops per step and process")
+    parser.add_argument("--size", choices=("tiny", "full"), default="tiny",
+                        help="model size without --init: tiny (CPU) or full (GPU)")
+    parser.add_argument("--base-spacing", type=float, default=1.5, help="finest crop spacing, mm")
+    parser.add_argument("--max-spacing", type=float, default=4.0, help="coarsest crop spacing, mm")
+    parser.add_argument("--lr", type=float, default=1e-3, help="peak learning rate")
+    parser.add_argument("--seed", type=int, default=0)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -110,24 +202,65 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train the promptable model with simulated clicks and boxes on nnU-Net v2 / MSD "
         "dataset folders (one task per folder). Resumes from OUT/checkpoint; writes a bundle to OUT. "
         "Runs under torchrun for several processes (DDP).")
-    train.add_argument("--dataset", required=True, action="append", type=Path,
-                       help="dataset folder (repeat for several tasks)")
-    train.add_argument("--out", required=True, type=Path, help="bundle folder to write")
-    train.add_argument("--steps", type=positive_int, default=2000, help="optimizer steps (default 2000)")
-    train.add_argument("--batch-size", type=positive_int, default=2, help="crops per step and process")
-    train.add_argument("--size", choices=("tiny", "full"), default="tiny",
-                       help="model size: tiny (CPU) or full (GPU)")
-    train.add_argument("--base-spacing", type=float, default=1.5, help="finest crop spacing, mm")
-    train.add_argument("--max-spacing", type=float, default=4.0, help="coarsest crop spacing, mm")
-    train.add_argument("--lr", type=float, default=1e-3, help="peak learning rate")
-    train.add_argument("--seed", type=int, default=0)
+    add_promptable_training_arguments(train)
     train.set_defaults(run=run_train)
+
+    amalgamate = commands.add_parser(
+        "amalgamate", help="train a KA2ER student from frozen task experts",
+        description="KA2ER: every crop goes to the student and to every frozen expert; the "
+        "amalgamation layer merges their features (attention within the student, across experts at "
+        "each location, across scales); losses: segmentation on the amalgamated and on the student's "
+        "own features, and feature distillation. Writes the student alone as a bundle to OUT. "
+        "Resumes from OUT/checkpoint; runs under torchrun for several processes (DDP).")
+    add_promptable_training_arguments(amalgamate)
+    amalgamate.add_argument("--expert", required=True, action="append", type=Path,
+                            help="expert bundle from ka2er train-expert (repeat, one per task)")
+    amalgamate.add_argument("--hidden", type=positive_int, default=64,
+                            help="width of the amalgamation space (default 64)")
+    amalgamate.add_argument("--heads", type=positive_int, default=4, help="attention heads (default 4)")
+    amalgamate.add_argument("--distill-weight", type=float, default=1.0,
+                            help="weight of the feature-distillation loss (default 1)")
+    amalgamate.set_defaults(run=run_amalgamate)
+
+    expert = commands.add_parser(
+        "train-expert", help="train a task expert (nnU-Net-style, no prompts) on one dataset folder",
+        description="Plan a U-Net from the dataset's fingerprint (median spacing, patch, "
+        "kernels and strides as nnU-Net), train it with Dice + CE and deep supervision on "
+        "patches (a third forced onto foreground) and write an expert bundle to OUT. Resumes from "
+        "OUT/checkpoint; runs under torchrun for several processes (DDP).")
+    expert.add_argument("--dataset", required=True, type=Path,
+                        help="dataset folder of one task (nnU-Net v2 or MSD, one channel)")
+    expert.add_argument("--out", required=True, type=Path, help="bundle folder to write")
+    expert.add_argument("--steps", type=positive_int, default=1000,
+                        help="optimizer steps (default 1000)")
+    expert.add_argument("--batch-size", type=positive_int, default=2,
+                        help="patches per step and process")
+    expert.add_argument("--size", choices=("tiny", "full"), default="tiny",
+                        help="tiny (CPU: patch <= 48^3, 8-64 feature maps) or full (GPU: 128^3, "
+                             "32-320 as nnU-Net)")
+    expert.add_argument("--lr", type=float, default=3e-3, help="peak learning rate")
+    expert.add_argument("--seed", type=int, default=0)
+    expert.set_defaults(run=run_train_expert)
+
+    segment = commands.add_parser(
+        "segment", help="segment an image automatically with an expert bundle",
+        description="Segment IMAGE with a task expert (no prompts): sliding windows on the expert's "
+        "grid, the label map resampled to the image's own grid. Writes a Slicer .seg.nrrd or a label "
+        "map (.nii.gz, .nii, .nrrd; values 1..N in the expert's label order).")
+    segment.add_argument("image", type=Path, metavar="IMAGE", help=".nrrd, .nii or .nii.gz")
+    segment.add_argument("--bundle", required=True, type=Path, help="expert bundle folder")
+    segment.add_argument("--out", required=True, type=Path, help="output .seg.nrrd or .nii.gz")
+    segment.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    segment.set_defaults(run=run_segment)
 
     evaluate = commands.add_parser(
         "evaluate", help="run the click protocol on held-out cases; JSON report and Dice plot",
         description="First prompt a box (or a click), then clicks at the centre of the largest "
         "error; Dice after each prompt, NoC85/NoC90 and latency per task and target.")
-    evaluate.add_argument("--bundle", type=Path, default=None, help="bundle folder (default: demo)")
+    evaluate.add_argument("--bundle", type=Path, action="append", default=None,
+                          help="bundle folder (default: demo); repeat to compare several (expert "
+                               "bundles segment their own task automatically), which also writes "
+                               "comparison.md/.json/.png")
     evaluate.add_argument("--dataset", required=True, action="append", type=Path,
                           help="dataset folder (repeat for several tasks)")
     evaluate.add_argument("--prompts", "--clicks", type=positive_int, default=5,
@@ -141,7 +274,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--max-cases", type=positive_int, default=None)
     evaluate.add_argument("--device", default="auto", help="auto, cpu or cuda")
     evaluate.add_argument("--baseline", action="store_true",
-                          help="run the classical random-walker baseline on the same prompts")
+                          help="run the classical random-walker baseline on the same prompts "
+                               "(alone, or as one more method beside --bundle)")
     evaluate.add_argument("--out", type=Path, default=Path("ka2er-evaluation"),
                           help="folder for report.json and dice.png")
     evaluate.set_defaults(run=run_evaluate)

@@ -15,7 +15,7 @@ from typing import Optional, Sequence, Union
 import numpy as np
 import torch
 
-from ..bundle import Bundle, Segmenter, load_bundle
+from ..bundle import Bundle, BundleError, Segmenter, load_bundle
 from ..errors import GeometryMismatchError, PromptError
 from ..geometry import foreground_bounds, ijk_box_to_ras, ras_to_ijk, resample
 from ..modeling.prompt_encoder import (BOX_HIGH, BOX_LOW, FLAT_BOX_HIGH, FLAT_BOX_LOW, NEGATIVE,
@@ -92,6 +92,9 @@ class InteractiveSession:
     def __init__(self, model: Optional[Bundle] = None, device: Union[str, torch.device] = "auto"):
         self.device = pick_device(device)
         self.bundle = model if model is not None else load_bundle()
+        if not isinstance(self.bundle.default, Segmenter):
+            raise BundleError(f"a bundle of kind {self.bundle.kind!r} has no promptable model; "
+                              "segment with it without prompts (ka2er segment)", path=self.bundle.path)
         self.segmenter: Segmenter = self.bundle.default
         self.segmenter.model.to(self.device)
         self.volume: Optional[Volume] = None

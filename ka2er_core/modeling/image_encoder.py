@@ -60,7 +60,16 @@ class ImageEncoder(nn.Module):
 
     def forward(self, image: torch.Tensor) -> ImageEmbedding:
         """image (B, C, S, S, S) -> ImageEmbedding."""
-        hidden = self.backbone(image, normalize=True)
+        return self.from_hidden(image, self.backbone_features(image))
+
+    def backbone_features(self, image: torch.Tensor) -> list[torch.Tensor]:
+        """image (B, C, S, S, S) -> the backbone's five stages, (B, e * 2^s, S / 2^(s+1), ...) for
+        s = 0..4. The amalgamation layer replaces the three coarsest before :meth:`from_hidden`."""
+        return list(self.backbone(image, normalize=True))
+
+    def from_hidden(self, image: torch.Tensor, hidden: list[torch.Tensor]) -> ImageEmbedding:
+        """The embedding from backbone stages (as :meth:`backbone_features` returns them) and the
+        image (B, C, S, S, S), which the full-resolution branch reads directly."""
         size = hidden[2].shape[2:]
         tokens = sum(F.interpolate(proj(h), size=size, mode="trilinear", align_corners=False)
                      if h.shape[2:] != size else proj(h)

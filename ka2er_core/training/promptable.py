@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from scipy import ndimage
 from torch import nn
 
-from ..modeling import ModelConfig, PromptableSegmenter
+from ..modeling import ImageEmbedding, ModelConfig, PromptableSegmenter
 from ..modeling.normalization import Normalization
 from ..modeling.prompt_encoder import NEGATIVE, PAD, POSITIVE
 from .clicks import first_prompts, next_click
@@ -44,19 +44,36 @@ class PromptableStep(nn.Module):
 
     def forward(self, images, truths, coords, labels, start_masks=None, extra_clicks: int = 0):
         embedding = self.model.embed(images)
-        truth_np = truths[:, 0].cpu().numpy() > 0.5
-        previous = start_masks
-        if previous is not None:  # correcting a given mask starts with a click on its worst error
-            coords, labels = add_clicks(coords, labels, previous[:, 0].cpu().numpy() > 0.5, truth_np)
-        for _ in range(extra_clicks):  # predict, then click where the prediction is wrong
-            with torch.no_grad():
-                logits, _ = self.model.decode(embedding.detach(), coords, labels, previous)
-            previous = (logits > 0).float()
-            coords, labels = add_clicks(coords, labels, previous[:, 0].cpu().numpy(), truth_np)
-        logits, iou = self.model.decode(embedding, coords, labels, previous)
-        actual = dice_score(logits > 0, truths > 0.5)
-        loss = dice_bce_loss(logits, truths) + F.mse_loss(iou, actual.detach())
-        return loss, {"dice": actual.mean().detach()}
+        coords, labels, previous = simulate_prompts(self.model, embedding, truths, coords, labels,
+                                                    start_masks, extra_clicks)
+        loss, dice = prompted_loss(self.model, embedding, coords, labels, previous, truths)
+        return loss, {"dice": dice.mean().detach()}
+
+
+def simulate_prompts(model: PromptableSegmenter, embedding: ImageEmbedding, truths, coords, labels,
+                     start_masks=None, extra_clicks: int = 0):
+    """The prompts and previous mask the trained prediction sees: the first prompts, then (without
+    gradient) rounds of predict-then-click at the largest error; a damaged start mask to correct
+    begins with a click on its worst error. Returns (coords (B, N', 3), labels (B, N'), previous
+    (B, 1, S, S, S) or None)."""
+    truth_np = truths[:, 0].cpu().numpy() > 0.5
+    previous = start_masks
+    if previous is not None:
+        coords, labels = add_clicks(coords, labels, previous[:, 0].cpu().numpy() > 0.5, truth_np)
+    for _ in range(extra_clicks):
+        with torch.no_grad():
+            logits, _ = model.decode(embedding.detach(), coords, labels, previous)
+        previous = (logits > 0).float()
+        coords, labels = add_clicks(coords, labels, previous[:, 0].cpu().numpy(), truth_np)
+    return coords, labels, previous
+
+
+def prompted_loss(model: PromptableSegmenter, embedding: ImageEmbedding, coords, labels, previous,
+                  truths) -> tuple[torch.Tensor, torch.Tensor]:
+    """Dice + BCE of the decoded mask plus the IoU head's error; returns (loss, hard Dice (B,))."""
+    logits, iou = model.decode(embedding, coords, labels, previous)
+    actual = dice_score(logits > 0, truths > 0.5)
+    return dice_bce_loss(logits, truths) + F.mse_loss(iou, actual.detach()), actual
 
 
 def add_clicks(coords: torch.Tensor, labels: torch.Tensor, prediction: np.ndarray, truth: np.ndarray):
@@ -181,29 +198,49 @@ def load_training_items(folders: Sequence, normalization: Normalization,
     return items, targets
 
 
-def train_promptable(folders: Sequence, out: Path, *, steps: int, batch_size: int = 2,
-                     config: Optional[ModelConfig] = None, base_spacing: float = 1.5,
-                     max_spacing: float = 4.0, lr: float = 1e-3, seed: int = 0,
-                     progress=None) -> Path:
-    """``ka2er train``: train the general promptable model on dataset folders; write a bundle."""
+def starting_model(config: Optional[ModelConfig], init: Optional[Path]
+                   ) -> tuple[PromptableSegmenter, Normalization]:
+    """A new model of ``config`` (default: tiny) with "auto" normalisation, or bundle ``init``'s first
+    member to fine-tune (its architecture and normalisation win)."""
+    if init is None:
+        return PromptableSegmenter(config or ModelConfig.tiny()), Normalization("auto")
+    from ..bundle import load_bundle
+
+    member = load_bundle(init).default
+    return member.model.train(), member.normalization
+
+
+def save_student(out: Path, model: PromptableSegmenter, normalization: Normalization,
+                 base_spacing: float, max_spacing: float, folders: Sequence, targets, cases: int,
+                 training: dict) -> None:
+    """Write the promptable model as a ``student`` bundle (rank 0 only), with what it was trained on."""
     from ..bundle import Segmenter, save_bundle
 
+    rank, _, _ = distributed_context()
+    if rank != 0:
+        return
+    segmenter = Segmenter("general", model.cpu().eval(), normalization, base_spacing, max_spacing)
+    training = {"datasets": [Path(f).name for f in folders],
+                "targets": [f"{t.task}: {t.name}" for t in targets], "cases": cases, **training}
+    save_bundle(out, segmenter, kind="student", labels=sorted({t.name for t in targets}),
+                training=training)
+
+
+def train_promptable(folders: Sequence, out: Path, *, steps: int, batch_size: int = 2,
+                     config: Optional[ModelConfig] = None, init: Optional[Path] = None,
+                     base_spacing: float = 1.5, max_spacing: float = 4.0, lr: float = 1e-3,
+                     seed: int = 0, progress=None) -> Path:
+    """``ka2er train``: train the general promptable model on dataset folders (from scratch, or
+    fine-tuning bundle ``init``: plain multi-task training); write a bundle."""
     torch.manual_seed(seed)
-    config = config or ModelConfig.tiny()
-    normalization = Normalization("auto")
+    model, normalization = starting_model(config, init)
     items, targets = load_training_items(folders, normalization, progress)
-    model = PromptableSegmenter(config)
-    sampler = CropSampler(items, targets, normalization, config.crop_size, base_spacing, max_spacing,
-                          batch_size)
+    sampler = CropSampler(items, targets, normalization, model.config.crop_size, base_spacing,
+                          max_spacing, batch_size)
     loop = LoopConfig(steps=steps, lr=lr, seed=seed, checkpoint_every=max(10, min(200, steps // 10)))
     summary = train_loop(PromptableStep(model), model, sampler, loop, Path(out), progress)
-    rank, _, _ = distributed_context()
-    if rank == 0:
-        segmenter = Segmenter("general", model.cpu().eval(), normalization, base_spacing, max_spacing)
-        training = {"method": "promptable, iterative click simulation",
-                    "datasets": [Path(f).name for f in folders],
-                    "targets": [f"{t.task}: {t.name}" for t in targets],
-                    "cases": len(items), "batch_size": batch_size, **summary}
-        save_bundle(out, segmenter, kind="student", labels=sorted({t.name for t in targets}),
-                    training=training)
+    method = "promptable, iterative click simulation"
+    save_student(out, model, normalization, base_spacing, max_spacing, folders, targets, len(items),
+                 {"method": method + (f", fine-tuned from {init}" if init else ""),
+                  "batch_size": batch_size, **summary})
     return Path(out)

@@ -28,7 +28,9 @@ class LabelledImage:
 @dataclass
 class CropSample:
     """One training crop: ``image`` (S, S, S) normalised, ``truth`` (S, S, S) bool, axes (k, j, i);
-    first prompt as crop-voxel (i, j, k) ``coords`` (N, 3) with prompt-kind ``labels`` (N,)."""
+    first prompt as crop-voxel (i, j, k) ``coords`` (N, 3) with prompt-kind ``labels`` (N,); the
+    crop's ``grid`` in RAS and the ``source`` image it was cut from (for models that see the same
+    region differently, like the amalgamation's experts)."""
 
     image: np.ndarray
     truth: np.ndarray
@@ -36,6 +38,8 @@ class CropSample:
     labels: np.ndarray
     task: str
     target: str
+    grid: Optional[Grid] = None
+    source: Optional[LabelledImage] = None
 
 
 def make_crop_sample(item: LabelledImage, target: str, values: Sequence[int], normalization: Normalization,
@@ -99,4 +103,4 @@ def make_crop_sample(item: LabelledImage, target: str, values: Sequence[int], no
         coords = ras_to_ijk(click, crop.ijk_to_ras)[None]
         labels = np.array([POSITIVE])
     return CropSample(image.astype(np.float32), truth, coords.astype(np.float32), labels,
-                      item.task, target)
+                      item.task, target, crop, item)

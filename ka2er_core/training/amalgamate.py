@@ -1,0 +1,201 @@
+"""KA2ER training: a promptable student learns from frozen task experts through the amalgamation layer.
+
+Every crop is seen by the student and by every expert (all tasks' images go to all experts). The
+student's three coarsest backbone stages (1/8, 1/16, 1/32 of the crop) and the experts' matching
+encoder stages meet in the :class:`~ka2er_core.modeling.amalgamation.AmalgamationLayer`, whose
+output, the gold amalgamated features, replaces those stages before the student's encoder head and
+mask decoder. Loss = prompted segmentation on the gold features + the same on the student's own
+features + a distillation term pulling the student's projected features to the gold ones. Only the
+student and the layer train; the saved bundle holds the student alone, which runs in
+:class:`~ka2er_core.inference.InteractiveSession` with no expert loaded.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..geometry import crop_grid, resample
+from ..modeling import ModelConfig, PromptableSegmenter
+from ..modeling.amalgamation import AmalgamationLayer, match_expert_stages
+from ..modeling.expert import TaskExpert
+from ..modeling.normalization import Normalization
+from ..volume import Grid
+from .loop import LoopConfig, train_loop
+from .promptable import (CropSampler, collate, load_training_items, prompted_loss, save_student,
+                         simulate_prompts, starting_model)
+from .samples import CropSample
+
+STUDENT_STAGES = (2, 3, 4)  # backbone stages amalgamated: 1/8, 1/16 and 1/32 of the crop
+STUDENT_FACTORS = (8, 16, 32)
+
+
+class AmalgamatedStudent(nn.Module):
+    """What trains and is checkpointed: the promptable student and the amalgamation layer."""
+
+    def __init__(self, student: PromptableSegmenter, layer: AmalgamationLayer):
+        super().__init__()
+        self.student, self.layer = student, layer
+
+
+class AmalgamationStep(nn.Module):
+    """``forward(images, expert_images, expert_ratios, truths, coords, labels, start_masks,
+    extra_clicks)``.
+
+    images, truths (B, 1, S, S, S) the student's crops; ``expert_images[e][b]`` (1, 1, D, H, W) the
+    region around the same centre, normalised and sampled for expert e (sizes may differ per item);
+    ``expert_ratios[e][b]`` (i, j, k) the crop's extent over that region's; the rest as
+    :class:`~ka2er_core.training.promptable.PromptableStep`.
+    """
+
+    def __init__(self, trainable: AmalgamatedStudent, experts: Sequence[TaskExpert],
+                 distill_weight: float = 1.0):
+        super().__init__()
+        self.trainable = trainable
+        self.experts = nn.ModuleList(experts).requires_grad_(False).eval()
+        self.stages = [match_expert_stages(STUDENT_FACTORS, expert.plan.stage_factors)
+                       for expert in experts]
+        self.distill_weight = distill_weight
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.experts.eval()  # frozen: no dropout, no running statistics updates
+        return self
+
+    def expert_features(self, expert_images, expert_ratios, student_hidden) -> list[list[torch.Tensor]]:
+        """Per expert, its matched stages for the batch, each sampled on the student's grid at that
+        scale: [e][s] (B, C_es, Ds, Hs, Ws). Items run one by one (their expert grids differ)."""
+        features = []
+        with torch.no_grad():
+            for expert, stages, images, ratios in zip(self.experts, self.stages, expert_images,
+                                                       expert_ratios):
+                per_item = [expert.features(image) for image in images]
+                features.append([
+                    torch.cat([on_student_grid(item[stage], student_hidden[s].shape[2:], ratio)
+                               for item, ratio in zip(per_item, ratios)])
+                    for stage, s in zip(stages, STUDENT_STAGES)])
+        return features
+
+    def forward(self, images, expert_images, expert_ratios, truths, coords, labels,
+                start_masks=None, extra_clicks: int = 0):
+        student, layer = self.trainable.student, self.trainable.layer
+        encoder = student.image_encoder
+        hidden = encoder.backbone_features(images)
+        amalgamated = layer([hidden[s] for s in STUDENT_STAGES],
+                            self.expert_features(expert_images, expert_ratios, hidden))
+        gold_hidden = list(hidden)
+        for s, gold in zip(STUDENT_STAGES, amalgamated.gold):
+            gold_hidden[s] = gold
+        own = encoder.from_hidden(images, hidden)
+        gold = encoder.from_hidden(images, gold_hidden)
+        coords, labels, previous = simulate_prompts(student, own, truths, coords, labels,
+                                                    start_masks, extra_clicks)
+        gold_loss, gold_dice = prompted_loss(student, gold, coords, labels, previous, truths)
+        own_loss, own_dice = prompted_loss(student, own, coords, labels, previous, truths)
+        distill = layer.distillation_loss(amalgamated)
+        weights = torch.cat([w.mean(dim=(0, 1))[None] for w in amalgamated.expert_weights]).mean(0)
+        metrics = {"dice": own_dice.mean().detach(), "dice_gold": gold_dice.mean().detach(),
+                   "distill": distill.detach(), "task_agnostic_weight": weights[-1].detach()}
+        return gold_loss + own_loss + self.distill_weight * distill, metrics
+
+
+def on_student_grid(feature: torch.Tensor, size: Sequence[int], ratio: Sequence[float]) -> torch.Tensor:
+    """Sample an expert feature map (1, C, D', H', W') whose grid shares the crop's centre and spans
+    1 / ``ratio`` (i, j, k) of the crop's extent, at the voxel centres of the student's (D, H, W) grid."""
+    theta = torch.zeros(1, 3, 4, dtype=feature.dtype, device=feature.device)
+    theta[0, :, :3] = torch.diag(torch.as_tensor(ratio, dtype=feature.dtype))  # x, y, z = i, j, k
+    grid = F.affine_grid(theta, (1, feature.shape[1], *size), align_corners=False)
+    return F.grid_sample(feature, grid, mode="bilinear", align_corners=False)
+
+
+def expert_grid(crop: Grid, plan) -> Grid:
+    """The crop's region for an expert: same centre and extent, axis-aligned, at the expert's spacing
+    or the crop's if coarser, each axis a multiple of the expert's total stride."""
+    crop_spacing = crop.spacing
+    spacing = np.maximum(np.asarray(plan.spacing, dtype=float), crop_spacing)  # (i, j, k)
+    extent = np.asarray(crop.shape[::-1]) * crop_spacing
+    stride = np.asarray(plan.stage_factors[-1][::-1])  # (i, j, k)
+    size = np.maximum(np.ceil(extent / spacing / stride), 1).astype(int) * stride
+    centre = crop.ijk_to_ras[:3, :3] @ ((np.asarray(crop.shape[::-1]) - 1) / 2) + crop.ijk_to_ras[:3, 3]
+    return crop_grid(centre, tuple(int(n) for n in size[::-1]), spacing)
+
+
+class ExpertView:
+    """The image of a crop as one expert sees it (its grid, its normalisation); statistics per
+    source image are computed once."""
+
+    def __init__(self, expert: TaskExpert):
+        self.plan = expert.plan
+        self.normalization = Normalization(**expert.plan.normalization)
+        self._stats: dict[int, tuple] = {}
+
+    def __call__(self, sample: CropSample) -> tuple[torch.Tensor, torch.Tensor]:
+        """(image (1, 1, D, H, W) for the expert, crop extent / its extent along (i, j, k))."""
+        source = sample.source
+        key = id(source)
+        if key not in self._stats:
+            self._stats[key] = self.normalization.statistics(source.image.array)
+        grid = expert_grid(sample.grid, self.plan)
+        array = resample(source.image.array, source.image.ijk_to_ras, grid, order=1,
+                         fill=float(source.image.array.min()))
+        ratio = (np.asarray(sample.grid.shape[::-1]) * sample.grid.spacing
+                 / (np.asarray(grid.shape[::-1]) * grid.spacing))
+        return (torch.from_numpy(self.normalization.apply(array, self._stats[key]))[None, None],
+                torch.from_numpy(ratio.astype(np.float32)))
+
+
+class AmalgamationSampler:
+    """The promptable crops of :class:`CropSampler`, each also cut out for every expert."""
+
+    def __init__(self, crops: CropSampler, experts: Sequence[TaskExpert]):
+        self.crops = crops
+        self.views = [ExpertView(expert) for expert in experts]
+
+    def __call__(self, step: int, rng: np.random.Generator) -> dict:
+        samples = [self.crops.sample(rng) for _ in range(self.crops.batch_size)]
+        batch = collate(samples, rng, self.crops.max_extra_clicks, self.crops.correct_probability)
+        views = [[view(sample) for sample in samples] for view in self.views]
+        batch["expert_images"] = [[image for image, _ in per_expert] for per_expert in views]
+        batch["expert_ratios"] = [[ratio for _, ratio in per_expert] for per_expert in views]
+        return batch
+
+
+def amalgamate(folders: Sequence, expert_paths: Sequence, out: Path, *, steps: int,
+               batch_size: int = 2, config: Optional[ModelConfig] = None,
+               init: Optional[Path] = None, base_spacing: float = 1.5, max_spacing: float = 4.0,
+               hidden: int = 64, heads: int = 4, distill_weight: float = 1.0, lr: float = 1e-3,
+               seed: int = 0, progress=None) -> Path:
+    """``ka2er amalgamate``: train a KA2ER student (from scratch, or from bundle ``init``) with the
+    frozen experts of ``expert_paths``; write the student alone as a bundle."""
+    from ..bundle import load_expert
+
+    torch.manual_seed(seed)
+    experts = [load_expert(path) for path in expert_paths]
+    model, normalization = starting_model(config, init)
+    items, targets = load_training_items(folders, normalization, progress)
+    with torch.no_grad():  # channels of every source, read off one forward pass of a tiny input
+        size = model.config.crop_size
+        student_channels = [model.image_encoder.backbone_features(
+            torch.zeros(1, model.config.in_channels, size, size, size))[s].shape[1]
+            for s in STUDENT_STAGES]
+    expert_channels = [[expert.plan.filters[stage] for stage in
+                        match_expert_stages(STUDENT_FACTORS, expert.plan.stage_factors)]
+                       for expert in experts]
+    trainable = AmalgamatedStudent(model, AmalgamationLayer(student_channels, expert_channels,
+                                                            hidden=hidden, heads=heads))
+    crops = CropSampler(items, targets, normalization, model.config.crop_size, base_spacing,
+                        max_spacing, batch_size)
+    loop = LoopConfig(steps=steps, lr=lr, seed=seed, checkpoint_every=max(10, min(200, steps // 10)))
+    summary = train_loop(AmalgamationStep(trainable, experts, distill_weight), trainable,
+                         AmalgamationSampler(crops, experts), loop, Path(out), progress)
+    save_student(out, model, normalization, base_spacing, max_spacing, folders, targets, len(items),
+                 {"method": "KA2ER amalgamation: gold-feature and own-feature segmentation, "
+                            "feature distillation" + (f", from {init}" if init else ""),
+                  "experts": [f"{e.plan.task} ({Path(p).name})" for e, p in zip(experts, expert_paths)],
+                  "distill_weight": distill_weight, "batch_size": batch_size, **summary})
+    return Path(out)

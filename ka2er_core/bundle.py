@@ -4,6 +4,12 @@
 config, labels, base and maximum crop spacing, normalisation, training summary, measured metrics and
 a sha256 of every weight file, checked at load. No pickle is ever read. A member is a promptable
 :class:`Segmenter` or a task :class:`Expert` (``"architecture": {"type": "expert", "plan": ...}``).
+
+A ``moe`` bundle (SAM-Med3D-MoE) holds the general promptable model, task-tuned copies of it and a
+:class:`~ka2er_core.modeling.gate.Gate` (``"gate"``: its config, threshold included, and weights).
+Its members share the general model's normalisation, spacings and crop size (checked at load) and
+are read lazily: every file's sha256 is checked when the bundle is loaded, and again when a member's
+weights are first read, so memory grows with the members a session actually uses.
 """
 
 from __future__ import annotations
@@ -11,9 +17,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Callable, Optional, Sequence, Union
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -22,9 +30,12 @@ from .errors import Ka2erError, UnreadableFileError
 from .modeling.normalization import Normalization
 from .io.atomic import atomic_write
 from .modeling import ExpertPlan, ModelConfig, PlanError, PromptableSegmenter, TaskExpert
+from .modeling.gate import Gate
 
 FORMAT_VERSION = 1
 DEFAULT_BUNDLE = Path(__file__).parent / "bundles" / "demo"
+GATE_WEIGHTS = "gate"
+"""File stem of a moe bundle's gate weights (no member may take this name)."""
 
 
 class BundleError(Ka2erError):
@@ -70,12 +81,42 @@ class Expert:
 Member = Union[Segmenter, Expert]
 
 
+class LazyMembers(Mapping):
+    """Members by name, each built by its loader on first access (``in``, ``len`` and iteration
+    load nothing); ``loaded`` names the members built so far."""
+
+    def __init__(self, loaders: dict[str, Callable[[], Member]]):
+        self._loaders = loaders
+        self._members: dict[str, Member] = {}
+
+    def __getitem__(self, name: str) -> Member:
+        if name not in self._members:
+            self._members[name] = self._loaders[name]()
+        return self._members[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._loaders
+
+    def __iter__(self):
+        return iter(self._loaders)
+
+    def __len__(self) -> int:
+        return len(self._loaders)
+
+    @property
+    def loaded(self) -> list[str]:
+        return list(self._members)
+
+
 @dataclass
 class Bundle:
+    """``members``: a dict, or :class:`LazyMembers` for a moe bundle; ``gate``: a moe bundle's gate."""
+
     path: Optional[Path]
     kind: str
-    members: dict[str, Member]
+    members: Mapping[str, Member]
     meta: dict[str, Any] = field(default_factory=dict)
+    gate: Optional[Gate] = None
 
     @property
     def default(self) -> Member:
@@ -94,28 +135,73 @@ def member_entry(member: Member, weights: str) -> dict[str, Any]:
             "max_spacing": member.max_spacing}
 
 
+def write_weights(path: Path, name: str, module: torch.nn.Module) -> str:
+    """Write ``module``'s state dict to ``path/name.safetensors`` atomically; returns the file name."""
+    weights = f"{name}.safetensors"
+    with atomic_write(path / weights) as tmp:
+        state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+        save_file(state, str(tmp))
+    return weights
+
+
+def write_manifest(path: Path, meta: dict[str, Any]) -> Path:
+    """Write ``bundle.json`` (last, atomically) with the sha256 of every weight file it names."""
+    files = [entry["weights"] for entry in meta["members"].values()]
+    files += [meta["gate"]["weights"]] if "gate" in meta else []
+    meta = {"format_version": FORMAT_VERSION, **meta,
+            "sha256": {name: sha256(path / name) for name in files}}
+    with atomic_write(path / "bundle.json") as tmp:
+        tmp.write_text(json.dumps(meta, indent=2) + "\n")
+    return path
+
+
 def save_bundle(path: Union[str, os.PathLike], member: Member, *, kind: str = "student",
                 labels: Optional[list[str]] = None, training: Optional[dict] = None,
                 metrics: Optional[dict] = None) -> Path:
     """Write a single-model bundle (weights first, then ``bundle.json``, each atomically)."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    weights = f"{member.name}.safetensors"
-    with atomic_write(path / weights) as tmp:
-        state = {k: v.detach().cpu().contiguous() for k, v in member.model.state_dict().items()}
-        save_file(state, str(tmp))
-    meta = {
-        "format_version": FORMAT_VERSION,
-        "kind": kind,
-        "members": {member.name: member_entry(member, weights)},
-        "labels": labels or [],
-        "training": training or {},
-        "metrics": metrics or {},
-        "sha256": {weights: sha256(path / weights)},
-    }
-    with atomic_write(path / "bundle.json") as tmp:
-        tmp.write_text(json.dumps(meta, indent=2) + "\n")
-    return path
+    weights = write_weights(path, member.name, member.model)
+    return write_manifest(path, {"kind": kind, "members": {member.name: member_entry(member, weights)},
+                                 "labels": labels or [], "training": training or {},
+                                 "metrics": metrics or {}})
+
+
+def save_moe_bundle(path: Union[str, os.PathLike], members: Sequence[Segmenter], gate: Gate, *,
+                    labels: Optional[list[str]] = None, training: Optional[dict] = None,
+                    metrics: Optional[dict] = None) -> Path:
+    """Write a ``moe`` bundle: every member (the general model first, in ``gate.members`` order) as
+    its own weight file, the gate's weights and config (threshold included), then ``bundle.json``."""
+    if [m.name for m in members] != gate.members or GATE_WEIGHTS in gate.members:
+        raise ValueError(f"members {[m.name for m in members]} must be the gate's {gate.members}, "
+                         f"none named {GATE_WEIGHTS!r}")
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    entries = {m.name: member_entry(m, write_weights(path, m.name, m.model)) for m in members}
+    gate_entry = {"weights": write_weights(path, GATE_WEIGHTS, gate), **gate.config()}
+    return write_manifest(path, {"kind": "moe", "members": entries, "gate": gate_entry,
+                                 "labels": labels or [], "training": training or {},
+                                 "metrics": metrics or {}})
+
+
+def check_shared_settings(entries: Mapping[str, dict], manifest: Optional[Path]) -> None:
+    """Members of a moe bundle (``bundle.json`` entries, the general model first) are promptable
+    and share the general model's normalisation, spacings and crop size; a :class:`BundleError`
+    names the first member and field that differ."""
+    (general_name, general), *others = entries.items()
+    for name, entry in entries.items():
+        if entry["architecture"].get("type") == "expert":
+            raise BundleError("a moe bundle's members must be promptable models, not task experts",
+                              path=manifest, field=f"members.{name}.architecture")
+    for name, entry in others:
+        for key in ("normalization", "base_spacing", "max_spacing"):
+            if entry[key] != general[key]:
+                raise BundleError(f"{entry[key]!r} differs from the general model's "
+                                  f"{general[key]!r} ({general_name!r}); the members of a moe bundle "
+                                  "are fine-tunes of it", path=manifest, field=f"members.{name}.{key}")
+        if entry["architecture"]["crop_size"] != general["architecture"]["crop_size"]:
+            raise BundleError("crop size differs from the general model's", path=manifest,
+                              field=f"members.{name}.architecture.crop_size")
 
 
 def expert_member(name: str, plan: Any, weights: Path, manifest: Path,
@@ -131,9 +217,51 @@ def expert_member(name: str, plan: Any, weights: Path, manifest: Path,
     return Expert(name, model.to(device).eval())
 
 
+def checked_weights(path: Path, meta: dict[str, Any], name: str) -> Path:
+    """The weight file ``name`` of the bundle at ``path``, once its sha256 matches ``bundle.json``."""
+    weights = path / name
+    expected = meta.get("sha256", {}).get(name)
+    if not weights.exists():
+        raise BundleError("weight file missing", path=weights)
+    if expected is None or sha256(weights) != expected:
+        raise BundleError("sha256 does not match bundle.json: the file was changed or damaged",
+                          path=weights, field="sha256")
+    return weights
+
+
+def load_member(path: Path, meta: dict[str, Any], name: str, device: Union[str, torch.device]
+                ) -> Member:
+    """Member ``name`` of the bundle at ``path`` (its weights' sha256 checked), in eval mode."""
+    member = meta["members"][name]
+    weights = checked_weights(path, meta, member["weights"])
+    architecture = member["architecture"]
+    if architecture.get("type") == "expert":
+        return expert_member(name, architecture.get("plan"), weights, path / "bundle.json", device)
+    config = ModelConfig.from_dict(architecture)
+    model = PromptableSegmenter(config)
+    model.load_state_dict(load_file(str(weights)))
+    return Segmenter(name, model.to(device).eval(), Normalization(**member["normalization"]),
+                     float(member["base_spacing"]), float(member["max_spacing"]))
+
+
+def load_gate(path: Path, meta: dict[str, Any], device: Union[str, torch.device]) -> Gate:
+    """The gate of a moe bundle; its members must be the bundle's, in order (general first)."""
+    entry = dict(meta["gate"])
+    weights = checked_weights(path, meta, entry.pop("weights"))
+    if entry.get("members") != list(meta["members"]):
+        raise BundleError(f"{entry.get('members')!r} differs from the bundle's members "
+                          f"{list(meta['members'])}", path=path / "bundle.json", field="gate.members")
+    gate = Gate(**entry)
+    gate.load_state_dict(load_file(str(weights)))
+    return gate.to(device).eval()
+
+
 def load_bundle(path: Union[str, os.PathLike, None] = None, device: Union[str, torch.device] = "cpu"
                 ) -> Bundle:
-    """Load a bundle folder (default: the shipped demo bundle), verifying every weight's sha256."""
+    """Load a bundle folder (default: the shipped demo bundle), verifying every weight's sha256.
+
+    A moe bundle's members are loaded on first use (``bundle.members`` is :class:`LazyMembers`).
+    """
     path = Path(path) if path is not None else DEFAULT_BUNDLE
     manifest = path / "bundle.json"
     try:
@@ -145,28 +273,19 @@ def load_bundle(path: Union[str, os.PathLike, None] = None, device: Union[str, t
     if meta.get("format_version") != FORMAT_VERSION:
         raise BundleError(f"format_version {meta.get('format_version')!r}, expected {FORMAT_VERSION}",
                           path=manifest, field="format_version")
-    members = {}
-    for name, member in meta.get("members", {}).items():
-        weights = path / member["weights"]
-        expected = meta.get("sha256", {}).get(member["weights"])
-        if not weights.exists():
-            raise BundleError("weight file missing", path=weights)
-        if expected is None or sha256(weights) != expected:
-            raise BundleError("sha256 does not match bundle.json: the file was changed or damaged",
-                              path=weights, field="sha256")
-        architecture = member["architecture"]
-        if architecture.get("type") == "expert":
-            members[name] = expert_member(name, architecture.get("plan"), weights, manifest, device)
-            continue
-        config = ModelConfig.from_dict(architecture)
-        model = PromptableSegmenter(config)
-        model.load_state_dict(load_file(str(weights)))
-        members[name] = Segmenter(name, model.to(device).eval(),
-                                  Normalization(**member["normalization"]),
-                                  float(member["base_spacing"]), float(member["max_spacing"]))
-    if not members:
+    names = list(meta.get("members", {}))
+    if not names:
         raise BundleError("no members", path=manifest, field="members")
-    return Bundle(path, meta.get("kind", "student"), members, meta)
+    kind = meta.get("kind", "student")
+    if kind != "moe":
+        members = {name: load_member(path, meta, name, device) for name in names}
+        return Bundle(path, kind, members, meta)
+    check_shared_settings(meta["members"], manifest)
+    for name in names:  # a damaged file is refused now, not at the click that first needs it
+        checked_weights(path, meta, meta["members"][name]["weights"])
+    gate = load_gate(path, meta, device) if "gate" in meta else None
+    members = LazyMembers({name: partial(load_member, path, meta, name, device) for name in names})
+    return Bundle(path, kind, members, meta, gate)
 
 
 def load_expert(path: Union[str, os.PathLike], device: Union[str, torch.device] = "cpu") -> TaskExpert:

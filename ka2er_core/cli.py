@@ -81,6 +81,33 @@ def run_amalgamate(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_finetune(args: argparse.Namespace) -> int:
+    from .bundle import BundleError, Segmenter, load_bundle
+    from .training.promptable import train_promptable
+
+    general = load_bundle(args.bundle).default
+    if not isinstance(general, Segmenter):
+        raise BundleError("not a promptable model: nothing to fine-tune", path=args.bundle,
+                          field="kind")
+    out = train_promptable([args.dataset], args.out, steps=args.steps, batch_size=args.batch_size,
+                           init=args.bundle, base_spacing=general.base_spacing,
+                           max_spacing=general.max_spacing, lr=args.lr, seed=args.seed,
+                           progress=progress_printer("finetune"))
+    print(out)
+    return 0
+
+
+def run_train_gate(args: argparse.Namespace) -> int:
+    from .training.gate import train_gate
+
+    out = train_gate(args.general, args.member, args.dataset, args.out, steps=args.steps,
+                     batch_size=args.batch_size, reuse=args.reuse, lr=args.lr,
+                     temperature=args.temperature, validation_crops=args.validation_crops,
+                     seed=args.seed, progress=progress_printer("train-gate"))
+    print(out)
+    return 0
+
+
 def run_train_expert(args: argparse.Namespace) -> int:
     from .training.expert import train_expert
 
@@ -221,6 +248,51 @@ def build_parser() -> argparse.ArgumentParser:
     amalgamate.add_argument("--distill-weight", type=float, default=1.0,
                             help="weight of the feature-distillation loss (default 1)")
     amalgamate.set_defaults(run=run_amalgamate)
+
+    finetune = commands.add_parser(
+        "finetune", help="fine-tune a promptable bundle on one task (a member for train-gate)",
+        description="Supervised fine-tuning of BUNDLE's promptable model on one dataset folder (one "
+        "task), with the same simulated boxes and clicks as ka2er train and the bundle's spacings. "
+        "Writes a promptable bundle to OUT, a frozen task member for ka2er train-gate. Resumes from "
+        "OUT/checkpoint; runs under torchrun for several processes (DDP).")
+    finetune.add_argument("--bundle", required=True, type=Path, help="general promptable bundle")
+    finetune.add_argument("--dataset", required=True, type=Path, help="dataset folder of one task")
+    finetune.add_argument("--out", required=True, type=Path, help="bundle folder to write")
+    finetune.add_argument("--steps", type=positive_int, default=500,
+                          help="optimizer steps (default 500)")
+    finetune.add_argument("--batch-size", type=positive_int, default=2,
+                          help="crops per step and process")
+    finetune.add_argument("--lr", type=float, default=2e-4, help="peak learning rate")
+    finetune.add_argument("--seed", type=int, default=0)
+    finetune.set_defaults(run=run_finetune)
+
+    gate = commands.add_parser(
+        "train-gate", help="train the gate of a SAM-Med3D-MoE bundle over frozen members",
+        description="SAM-Med3D-MoE: every member (the general model and task members from ka2er "
+        "finetune) stays frozen; a small gate learns, from each member's Dice on simulated prompts "
+        "(soft targets, cross-entropy), which member should answer. The last training case of each "
+        "task is held out to choose the selection threshold (top-1 member above it, else the "
+        "general model). Writes a moe bundle to OUT. Resumes from OUT/checkpoint; runs under "
+        "torchrun for several processes (DDP).")
+    gate.add_argument("--general", required=True, type=Path, help="the general promptable bundle")
+    gate.add_argument("--member", required=True, action="append", type=Path,
+                      help="task member bundle, named after its folder (repeat)")
+    gate.add_argument("--dataset", required=True, action="append", type=Path,
+                      help="dataset folder, at least 2 training cases (repeat; include the general "
+                           "model's tasks so that the gate learns when to keep it)")
+    gate.add_argument("--out", required=True, type=Path, help="moe bundle folder to write")
+    gate.add_argument("--steps", type=positive_int, default=300, help="optimizer steps (default 300)")
+    gate.add_argument("--batch-size", type=positive_int, default=2, help="crops per step and process")
+    gate.add_argument("--reuse", type=positive_int, default=4,
+                      help="steps per fresh batch: members score a new batch every REUSE steps, the "
+                           "steps between replay scored crops (default 4)")
+    gate.add_argument("--lr", type=float, default=3e-3, help="peak learning rate")
+    gate.add_argument("--temperature", type=float, default=0.1,
+                      help="soft targets are softmax(Dice / temperature) (default 0.1)")
+    gate.add_argument("--validation-crops", type=positive_int, default=32,
+                      help="held-out crops the threshold is chosen on (default 32)")
+    gate.add_argument("--seed", type=int, default=0)
+    gate.set_defaults(run=run_train_gate)
 
     expert = commands.add_parser(
         "train-expert", help="train a task expert (nnU-Net-style, no prompts) on one dataset folder",

@@ -3,6 +3,10 @@
 The image embedding of a crop is computed once and cached (shared by every target); a click inside
 the cached crop runs only the prompt encoder and mask decoder, and only the voxels whose answer can
 have changed are re-rendered and pasted into the mask.
+
+With a moe bundle's gate, each prompt is routed: the gate reads the general model's embedding of the
+crop and the prompts, and the member it selects answers the whole prompt (zoom-outs and corrections
+included), computing its own embedding of a crop only when selected for it.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import torch
 from ..bundle import Bundle, BundleError, Segmenter, load_bundle
 from ..errors import GeometryMismatchError, PromptError
 from ..geometry import foreground_bounds, ijk_box_to_ras, ras_to_ijk, resample
+from ..modeling.gate import route
 from ..modeling.prompt_encoder import (BOX_HIGH, BOX_LOW, FLAT_BOX_HIGH, FLAT_BOX_LOW, NEGATIVE,
                                        POSITIVE)
 from ..volume import Grid, Volume
@@ -86,7 +91,8 @@ def pick_device(device: Union[str, torch.device]) -> torch.device:
 class InteractiveSession:
     """Prompt-based segmentation of one volume, several targets (segments) at a time.
 
-    ``model`` is a :class:`~ka2er_core.bundle.Bundle` (default: the shipped demo bundle).
+    ``model`` is a :class:`~ka2er_core.bundle.Bundle` (default: the shipped demo bundle). With a
+    gate (a moe bundle), every prompt goes to the member the gate selects unless one is pinned.
     """
 
     def __init__(self, model: Optional[Bundle] = None, device: Union[str, torch.device] = "auto"):
@@ -95,8 +101,12 @@ class InteractiveSession:
         if not isinstance(self.bundle.default, Segmenter):
             raise BundleError(f"a bundle of kind {self.bundle.kind!r} has no promptable model; "
                               "segment with it without prompts (ka2er segment)", path=self.bundle.path)
-        self.segmenter: Segmenter = self.bundle.default
-        self.segmenter.model.to(self.device)
+        self._ready: set[str] = set()  # members moved to the device
+        self.segmenter: Segmenter = self._member(self.members[0])
+        self.pinned: Optional[str] = None
+        """The member answering every prompt (None: the gate decides, or the default member)."""
+        if self.bundle.gate is not None:
+            self.bundle.gate.to(self.device)
         self.volume: Optional[Volume] = None
         self.targets: dict[str, Target] = {}
         self.target_name = "Segment_1"
@@ -120,15 +130,13 @@ class InteractiveSession:
         return list(self.bundle.members)
 
     def pin(self, member: Optional[str]) -> None:
-        """Let ``member`` answer every prompt (None: the bundle's default); embeddings stay cached."""
-        if member is None:
-            self.segmenter = self.bundle.default
-        elif member in self.bundle.members:
-            self.segmenter = self.bundle.members[member]
-        else:
+        """Let ``member`` answer every prompt, bypassing a gate (None: the gate chooses again, or the
+        bundle's default answers); embeddings stay cached."""
+        if member is not None and member not in self.bundle.members:
             raise PromptError(f"unknown member {member!r}; the bundle has {self.members}",
                               field="member")
-        self.segmenter.model.to(self.device)
+        self.pinned = member
+        self.segmenter = self._member(member if member is not None else self.members[0])
         if self.volume is not None:
             self._stats = self.segmenter.normalization.statistics(self.volume.array)
 
@@ -222,17 +230,40 @@ class InteractiveSession:
         points = np.array(points)
         return points.min(axis=0), points.max(axis=0)
 
-    def _embedding(self, crop: Grid):
-        key = (self.segmenter.name, tuple(np.round(crop.ijk_to_ras, 4).ravel()))
+    def _member(self, name: str) -> Segmenter:
+        """Member ``name``, loaded (a moe bundle reads weights on first use) and on the device."""
+        member = self.bundle.members[name]
+        if name not in self._ready:
+            member.model.to(self.device)
+            self._ready.add(name)
+        return member
+
+    def _route(self, prompts: list[Prompt], crop: Grid) -> None:
+        """With a gate and no pinned member, make the member the gate selects (from the general
+        model's embedding of ``crop`` and the prompts) the one that answers this prompt."""
+        gate = self.bundle.gate
+        if gate is None or self.pinned is not None:
+            return
+        general = self._member(gate.members[0])
+        coords, labels = self._encode_prompts(prompts, crop)
+        with torch.inference_mode():
+            logits = gate(gate.inputs(general.model, self._embedding(crop, general), coords, labels))
+        chosen = int(route(torch.softmax(logits[0], -1), gate.threshold))
+        self.segmenter = self._member(gate.members[chosen])
+
+    def _embedding(self, crop: Grid, member: Optional[Segmenter] = None):
+        """``member``'s (default: the answering member's) embedding of ``crop``, cached."""
+        member = member or self.segmenter
+        key = (member.name, tuple(np.round(crop.ijk_to_ras, 4).ravel()))
         if key in self._embeddings:
             self._embeddings.move_to_end(key)
             return self._embeddings[key]
         volume = self.volume
         image = resample(volume.array, volume.ijk_to_ras, crop, order=1, fill=self._fill)
-        image = self.segmenter.normalization.apply(image, self._stats)
+        image = member.normalization.apply(image, self._stats)
         tensor = torch.from_numpy(image)[None, None].to(self.device)
         with torch.inference_mode():
-            embedding = self.segmenter.model.embed(tensor)
+            embedding = member.model.embed(tensor)
         self.embeddings_computed += 1
         self._embeddings[key] = embedding
         while len(self._embeddings) > EMBEDDING_CACHE_SIZE:
@@ -291,6 +322,7 @@ class InteractiveSession:
             return self._correct(target, prompts, start)
         low, high = self._roi(target, prompts)
         crop = first_crop = self._choose_crop(target, low, high)
+        self._route(prompts, crop)
         prior = self._prior(target, crop)
         logits, score = self._decode(prompts, crop, prior)
         s = self.segmenter
@@ -326,6 +358,7 @@ class InteractiveSession:
         inside = [p for p in prompts if all(
             np.all((c >= 0) & (c <= size)) for c in
             [ras_to_ijk(x, crop.ijk_to_ras) for x in (p.low, p.high) if x is not None])]
+        self._route(inside, crop)
         prior = self._prior(target, crop)
         logits, score = self._decode(inside, crop, prior)
         focus = ras_to_ijk(click, crop.ijk_to_ras)

@@ -1,0 +1,247 @@
+"""SAM-Med3D-MoE: moe bundles (round trip, checksums, members read on first use), routing in the
+session (the gate's choice follows the task, pinning bypasses it, other bundles never call it),
+ka2er finetune and ka2er train-gate."""
+
+import copy
+import json
+import re
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import ka2er_core.bundle as bundle_module
+from ka2er_core import Volume, load_volume, save_volume
+from ka2er_core.bundle import (DEFAULT_BUNDLE, BundleError, Segmenter, load_bundle, save_bundle,
+                               save_moe_bundle)
+from ka2er_core.cli import main
+from ka2er_core.data.msd import load_dataset
+from ka2er_core.data.sample import write_sample_dataset
+from ka2er_core.errors import DatasetError
+from ka2er_core.geometry import foreground_bounds, ijk_box_to_ras, ijk_to_ras_points
+from ka2er_core.inference import InteractiveSession
+from ka2er_core.modeling import ModelConfig, PromptableSegmenter
+from ka2er_core.modeling.gate import Gate
+from ka2er_core.modeling.normalization import Normalization
+from ka2er_core.training.gate import hold_out_last_case
+from ka2er_core.training.samples import LabelledImage
+
+KIDNEYS_AND_SPINE = {"right kidney": 2, "left kidney": 3, "spine": 4}
+MEMBERS = ("general", "liver", "brain")
+SHAPE = (30, 40, 36)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models on a busy 2-core machine: one thread each avoids oversubscription."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def phantoms(tmp_path_factory):
+    """CT and MR phantom tasks (2 training cases, 1 test case each), kidneys and spine only: the
+    targets the damaged members of the routing test get consistently wrong."""
+    folders = write_sample_dataset(tmp_path_factory.mktemp("data"), n_train=2, n_test=1,
+                                   tasks=["Dataset003_CTPhantom", "Dataset004_MRPhantom"])
+    for folder in folders:
+        meta = json.loads((folder / "dataset.json").read_text())
+        meta["labels"] = {"background": 0, **KIDNEYS_AND_SPINE}
+        (folder / "dataset.json").write_text(json.dumps(meta))
+        for path in folder.glob("labels*/*.nii.gz"):
+            label = load_volume(path)
+            kept = np.isin(label.array, list(KIDNEYS_AND_SPINE.values()))
+            save_volume(path, Volume(np.where(kept, label.array, 0).astype(np.uint8), label.ijk_to_ras))
+    return folders
+
+
+@pytest.fixture(scope="module")
+def tiny_moe(tmp_path_factory):
+    """A moe bundle of three random tiny members and a random gate (threshold 0.7)."""
+    torch.manual_seed(0)
+    members = [Segmenter(name, PromptableSegmenter(ModelConfig.tiny()).eval(), Normalization("mr"),
+                         1.5, 4.0) for name in MEMBERS]
+    gate = Gate.for_model(MEMBERS, members[0].model)
+    gate.threshold = 0.7
+    path = save_moe_bundle(tmp_path_factory.mktemp("moe") / "bundle", members, gate.eval(),
+                           labels=["liver", "brain"])
+    return path, members, gate
+
+
+@pytest.fixture
+def volume(rng):
+    return Volume(rng.normal(100, 20, SHAPE).astype(np.float32), np.diag([1.2, 1.1, 2.0, 1.0]))
+
+
+def centre_ras(volume, offset=(0, 0, 0)):
+    return ijk_to_ras_points(np.array(SHAPE[::-1]) / 2 + np.array(offset), volume.ijk_to_ras)
+
+
+def copy_of(path: Path, destination: Path) -> Path:
+    shutil.copytree(path, destination)
+    return destination
+
+
+def test_moe_bundle_round_trip_checksums_and_shared_normalisation(tiny_moe, tmp_path):
+    path, members, gate = tiny_moe
+    bundle = load_bundle(path)
+    assert bundle.kind == "moe" and list(bundle.members) == list(MEMBERS)
+    assert bundle.gate.members == list(MEMBERS) and bundle.gate.threshold == 0.7
+    features = torch.randn(4, bundle.gate.norm.normalized_shape[0])
+    torch.testing.assert_close(bundle.gate(features), gate(features))
+    for member in members:
+        loaded = bundle.members[member.name].model.state_dict()
+        assert all(torch.equal(loaded[key], value) for key, value in member.model.state_dict().items())
+
+    for damaged in ("brain.safetensors", "gate.safetensors"):
+        copy = copy_of(path, tmp_path / damaged)
+        data = bytearray((copy / damaged).read_bytes())
+        data[len(data) // 2] ^= 0x01
+        (copy / damaged).write_bytes(bytes(data))
+        with pytest.raises(BundleError, match=re.escape(damaged) + r": sha256: .*changed"):
+            load_bundle(copy)  # refused at load, before any member is used
+
+    copy = copy_of(path, tmp_path / "ct liver")
+    meta = json.loads((copy / "bundle.json").read_text())
+    meta["members"]["liver"]["normalization"]["kind"] = "ct"
+    (copy / "bundle.json").write_text(json.dumps(meta))
+    with pytest.raises(BundleError, match=r"members\.liver\.normalization: .*general model"):
+        load_bundle(copy)
+
+
+def with_spare_channel(model: PromptableSegmenter, gain: float, offset: float,
+                       logit_weight: float) -> PromptableSegmenter:
+    """A copy of ``model`` whose last full-resolution feature channel is GELU(gain * image +
+    offset) at each voxel (normalised intensity) and adds ``logit_weight`` times itself to every mask
+    logit; that channel's other uses are removed."""
+    model = copy.deepcopy(model)
+    first, _, second = model.image_encoder.fine
+    last = model.mask_decoder.hyper_fine.layers[-1]
+    c = first.out_channels - 1
+    with torch.no_grad():
+        first.weight[c] = 0
+        first.weight[c, 0, 1, 1, 1] = gain
+        first.bias[c] = offset
+        second.weight[:, c] = 0
+        second.weight[c] = 0
+        second.weight[c, c, 1, 1, 1] = 1.0
+        second.bias[c] = 0
+        last.weight[c] = 0
+        last.bias[c] = logit_weight
+    return model
+
+
+def test_the_gate_routes_each_task_to_the_member_that_segments_it(phantoms, tmp_path):
+    """General: the demo model, except that MR's bright tissue (normalised intensity above 1.3: fat,
+    kidney; CT's window stops at 1) floods into every mask. Member "MRPhantom": the demo model with
+    every mask dilated (+6 on its logits). On CT the general model's masks are better, on MR the
+    member's; after brief training (ka2er train-gate) a kidney box on a held-out CT image goes to
+    the general model and the same box on a held-out MR image to the member."""
+    demo = load_bundle().default
+    floods_bright = with_spare_channel(demo.model, gain=100, offset=-130, logit_weight=50)
+    dilates = with_spare_channel(demo.model, gain=0, offset=10, logit_weight=0.6)
+    save_bundle(tmp_path / "general", replace(demo, model=floods_bright))
+    save_bundle(tmp_path / "MRPhantom", replace(demo, model=dilates))
+    out = tmp_path / "moe"
+    assert main(["train-gate", "--general", str(tmp_path / "general"),
+                 "--member", str(tmp_path / "MRPhantom"), "--dataset", str(phantoms[0]),
+                 "--dataset", str(phantoms[1]), "--out", str(out), "--steps", "128", "--reuse", "16",
+                 "--lr", "0.01", "--temperature", "0.05", "--validation-crops", "6"]) == 0
+    bundle = load_bundle(out)
+    assert list(bundle.members) == ["general", "MRPhantom"]
+    selection = bundle.meta["metrics"]["gate_selection"]
+    assert bundle.gate.threshold == selection["threshold"] < 1
+    assert selection["dice_routed"] > selection["dice_general"] + 0.02
+
+    experts = {}
+    for folder in phantoms:
+        images, label = load_dataset(folder).test_cases[0].load()
+        session = InteractiveSession(bundle, device="cpu")
+        session.set_image(images[0])
+        lo, hi = foreground_bounds(label.array == KIDNEYS_AND_SPINE["right kidney"])
+        box = ijk_box_to_ras(lo[::-1], hi[::-1], images[0].ijk_to_ras)
+        experts[folder.name] = session.add_box(*box).expert
+    assert experts == {"Dataset003_CTPhantom": "general", "Dataset004_MRPhantom": "MRPhantom"}
+
+
+def test_pinning_bypasses_the_gate(tiny_moe, volume, monkeypatch):
+    bundle = load_bundle(tiny_moe[0])
+    calls = []
+    gate_forward = bundle.gate.forward
+    monkeypatch.setattr(bundle.gate, "forward",
+                        lambda features: calls.append(1) or gate_forward(features))
+    session = InteractiveSession(bundle, device="cpu")
+    session.set_image(volume)
+    assert session.add_point(centre_ras(volume)).expert in MEMBERS and len(calls) == 1
+    session.pin("liver")
+    for offset in ((2, 0, 0), (0, 3, 0)):
+        assert session.add_point(centre_ras(volume, offset)).expert == "liver"
+    assert len(calls) == 1
+    session.pin(None)
+    session.set_target("second")
+    session.add_point(centre_ras(volume))
+    assert len(calls) == 2
+
+
+def test_members_are_read_on_first_use_only(tiny_moe, volume, monkeypatch):
+    read = []
+    load_file = bundle_module.load_file
+    monkeypatch.setattr(bundle_module, "load_file",
+                        lambda file: read.append(Path(file).name) or load_file(file))
+    bundle = load_bundle(tiny_moe[0])
+    bundle.gate.threshold = 1.05  # never reached: the general model answers, the gate still runs
+    session = InteractiveSession(bundle, device="cpu")
+    session.set_image(volume)
+    results = [session.add_point(centre_ras(volume, offset)) for offset in ((0, 0, 0), (3, 0, 0))]
+    assert [r.expert for r in results] == ["general", "general"]
+    assert bundle.members.loaded == ["general"]
+    assert sorted(read) == ["gate.safetensors", "general.safetensors"]
+
+    with torch.no_grad():  # now the gate picks "brain" whatever it sees
+        bundle.gate.mlp.layers[-1].bias.copy_(torch.tensor([0.0, 0.0, 100.0]))
+    bundle.gate.threshold = 0.5
+    session.set_target("second")
+    assert session.add_point(centre_ras(volume)).expert == "brain"
+    assert bundle.members.loaded == ["general", "brain"] and "liver.safetensors" not in read
+
+
+def test_bundles_without_a_gate_never_call_one(tiny_moe, volume, monkeypatch):
+    calls = []
+    gate_forward = Gate.forward
+    monkeypatch.setattr(Gate, "forward",
+                        lambda self, features: calls.append(1) or gate_forward(self, features))
+    for bundle in (load_bundle(), load_bundle(tiny_moe[0])):  # the shipped student, then a moe
+        session = InteractiveSession(bundle, device="cpu")
+        session.set_image(volume)
+        session.add_point(centre_ras(volume))
+        session.add_point(centre_ras(volume, (2, 0, 0)), positive=False)
+    assert len(calls) == 2  # both from the moe bundle's session
+
+
+def test_finetune_writes_a_member_with_the_general_models_settings(phantoms, tmp_path):
+    out = tmp_path / "CTPhantom"
+    assert main(["finetune", "--bundle", str(DEFAULT_BUNDLE), "--dataset", str(phantoms[0]),
+                 "--out", str(out), "--steps", "1", "--batch-size", "1"]) == 0
+    member, general = load_bundle(out), load_bundle()
+    assert member.meta["training"]["datasets"] == ["Dataset003_CTPhantom"]
+    assert "fine-tuned from" in member.meta["training"]["method"]
+    tuned, base = member.default, general.default
+    assert (tuned.normalization, tuned.base_spacing, tuned.max_spacing) == (
+        base.normalization, base.base_spacing, base.max_spacing)
+    before = base.model.state_dict()
+    assert any(not torch.equal(value, before[key]) for key, value in tuned.model.state_dict().items())
+
+
+def test_train_gate_refuses_clashing_names_and_single_case_tasks(phantoms, tmp_path, capsys):
+    assert main(["train-gate", "--general", str(DEFAULT_BUNDLE), "--member", str(tmp_path / "general"),
+                 "--dataset", str(phantoms[0]), "--out", str(tmp_path / "moe")]) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and "member name 'general' is taken" in error[0]
+    one_case = [LabelledImage(None, None, (0.0, 1.0, 1.0), "Dataset003_CTPhantom")]
+    with pytest.raises(DatasetError, match="'Dataset003_CTPhantom' has one training case"):
+        hold_out_last_case(one_case)

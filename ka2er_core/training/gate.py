@@ -1,0 +1,186 @@
+"""``ka2er train-gate``: the gate of a SAM-Med3D-MoE bundle, every member frozen.
+
+Crops with first prompts and simulated clicks (as for the general model's training) go to every
+member; each member's Dice is the evidence, and the gate learns ``softmax(Dice / temperature)`` by
+cross-entropy. Running the members is the whole cost and the gate is tiny, so each scored batch is
+kept and replayed: a fresh batch every ``reuse`` steps, a random draw of kept crops in between.
+The last training case of each task is held out of gate training; on crops drawn from those cases
+the selection threshold is chosen (top-1 member when its probability reaches it, else the general
+model) by mean Dice, and stored in the moe bundle.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..bundle import (GATE_WEIGHTS, BundleError, Segmenter, check_shared_settings, load_bundle,
+                      member_entry, save_moe_bundle)
+from ..errors import DatasetError
+from ..modeling import PromptableSegmenter
+from ..modeling.gate import Gate, route
+from .loop import LoopConfig, distributed_context, train_loop
+from .losses import dice_score
+from .promptable import CropSampler, load_training_items, simulate_prompts
+from .samples import LabelledImage
+
+THRESHOLDS = tuple(i / 20 for i in range(22))
+"""Candidate selection thresholds; 1.05 is never reached: the general model always answers."""
+DICE_TOLERANCE = 0.005
+"""Thresholds whose mean validation Dice is this close to the best count as equally good."""
+
+
+class GateLoss(nn.Module):
+    """``forward(features, dice) -> (loss, metrics)``: features (B, F) from
+    :meth:`~ka2er_core.modeling.gate.Gate.inputs`, dice (B, M) of every member. Metrics: mean Dice of
+    the general model, of the gate's top-1 member and of the best member."""
+
+    def __init__(self, gate: Gate, temperature: float):
+        super().__init__()
+        self.gate = gate
+        self.temperature = temperature
+
+    def forward(self, features, dice):
+        logits = self.gate(features)
+        loss = F.cross_entropy(logits, torch.softmax(dice / self.temperature, dim=1))
+        chosen = dice.gather(1, logits.argmax(1, keepdim=True))
+        return loss, {"dice_general": dice[:, 0].mean(), "dice_gate": chosen.mean(),
+                      "dice_best": dice.max(1).values.mean()}
+
+
+@torch.no_grad()
+def score_members(members: Sequence[PromptableSegmenter], gate: Gate, batch: dict,
+                  device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gate features (B, F) and every member's Dice (B, M) on a :class:`~.promptable.CropSampler`
+    batch. The general model (first) simulates the clicks every member then answers."""
+    images, truths = batch["images"].to(device), batch["truths"].to(device)
+    starts = batch["start_masks"]
+    embeddings = [member.embed(images) for member in members]
+    coords, labels, previous = simulate_prompts(
+        members[0], embeddings[0], truths, batch["coords"].to(device), batch["labels"].to(device),
+        None if starts is None else starts.to(device), batch["extra_clicks"])
+    dice = torch.stack([dice_score(member.decode(embedding, coords, labels, previous)[0] > 0,
+                                   truths > 0.5)
+                        for member, embedding in zip(members, embeddings)], dim=1)
+    return gate.inputs(members[0], embeddings[0], coords, labels), dice
+
+
+class ScoredCrops:
+    """Batch function for :class:`GateLoss`: every ``reuse`` steps a fresh batch of ``sampler``,
+    scored by every (frozen) member and kept; in between, a random draw of the kept crops."""
+
+    def __init__(self, sampler: CropSampler, members: Sequence[PromptableSegmenter], gate: Gate,
+                 reuse: int, device: torch.device):
+        self.sampler, self.gate, self.reuse, self.device = sampler, gate, reuse, device
+        self.members = [member.to(device).eval().requires_grad_(False) for member in members]
+        self.features: list[torch.Tensor] = []
+        self.dice: list[torch.Tensor] = []
+
+    def __call__(self, step: int, rng: np.random.Generator) -> dict:
+        if not self.features or step % self.reuse == 0:
+            features, dice = score_members(self.members, self.gate, self.sampler(step, rng),
+                                           self.device)
+            self.features.append(features)
+            self.dice.append(dice)
+            return {"features": features, "dice": dice}
+        kept = torch.cat(self.features), torch.cat(self.dice)
+        draw = torch.from_numpy(rng.integers(len(kept[0]), size=self.sampler.batch_size))
+        return {"features": kept[0][draw], "dice": kept[1][draw]}
+
+
+def hold_out_last_case(items: Sequence[LabelledImage]) -> tuple[list, list]:
+    """(training, validation): the last case of each task is validation; every task needs two."""
+    last = {item.task: item for item in items}
+    training = [item for item in items if last[item.task] is not item]
+    short = sorted(set(last) - {item.task for item in training})
+    if short:
+        raise DatasetError(f"task {short[0]!r} has one training case; the gate needs two per task "
+                           "(it trains on all but the last, which chooses the selection threshold)")
+    return training, list(last.values())
+
+
+@torch.no_grad()
+def choose_threshold(gate: Gate, scored: ScoredCrops, crops: int, seed: int) -> tuple[float, dict]:
+    """The highest threshold of :data:`THRESHOLDS` whose mean Dice of the routed member over
+    ``crops`` validation crops (drawn by ``scored``) is within :data:`DICE_TOLERANCE` of the best:
+    the general model answers unless routing away from it clearly pays. Returns it and a summary
+    (mean Dice of the general model, routed and best member; share routed to task members)."""
+    rng = np.random.default_rng([seed, 1])
+    while sum(len(d) for d in scored.dice) < crops:
+        scored(0, rng)
+    probabilities = torch.softmax(gate(torch.cat(scored.features)[:crops]), dim=1)
+    dice = torch.cat(scored.dice)[:crops]
+    choices = [route(probabilities, threshold) for threshold in THRESHOLDS]
+    means = [float(dice.gather(1, chosen[:, None]).mean()) for chosen in choices]
+    best = max(i for i, mean in enumerate(means) if mean >= max(means) - DICE_TOLERANCE)
+    return THRESHOLDS[best], {"crops": len(dice), "threshold": THRESHOLDS[best],
+                              "dice_general": float(dice[:, 0].mean()), "dice_routed": means[best],
+                              "dice_best_member": float(dice.max(1).values.mean()),
+                              "routed_to_task_members": float((choices[best] > 0).float().mean())}
+
+
+def moe_members(general: Path, members: Sequence[Path]) -> tuple[list[Segmenter], set[str]]:
+    """The general model (named "general") and each task member (named after its bundle folder),
+    checked to be promptable fine-tunes sharing the general model's settings; and their labels."""
+    named = {"general": general}
+    for path in members:
+        if path.name in named or path.name == GATE_WEIGHTS:
+            raise BundleError(f"member name {path.name!r} is taken: the general model is "
+                              f"'general', members are named after their folders and "
+                              f"{GATE_WEIGHTS!r} is reserved", path=path)
+        named[path.name] = path
+    loaded, labels = [], set()
+    for name, path in named.items():
+        bundle = load_bundle(path)
+        if not isinstance(bundle.default, Segmenter):
+            raise BundleError("not a promptable model (ka2er train or ka2er finetune write those)",
+                              path=path, field="kind")
+        loaded.append(replace(bundle.default, name=name))
+        labels.update(bundle.meta.get("labels", []))
+    check_shared_settings({m.name: member_entry(m, "") for m in loaded}, None)
+    return loaded, labels
+
+
+def train_gate(general: Path, members: Sequence[Path], folders: Sequence, out: Path, *,
+               steps: int, batch_size: int = 2, reuse: int = 4, lr: float = 3e-3,
+               temperature: float = 0.1, hidden: int = 128, validation_crops: int = 32,
+               seed: int = 0, progress=None) -> Path:
+    """``ka2er train-gate``: train the gate over the frozen general model and task members on the
+    dataset folders' training cases, choose the threshold on held-out ones, write a moe bundle."""
+    torch.manual_seed(seed)
+    segmenters, labels = moe_members(Path(general), [Path(m) for m in members])
+    head = segmenters[0]
+    items, targets = load_training_items(folders, head.normalization, progress)
+    training, validation = hold_out_last_case(items)
+    rank, _, device = distributed_context()
+    gate = Gate.for_model([m.name for m in segmenters], head.model, hidden)
+
+    def scored(cases, reuse):
+        sampler = CropSampler(cases, targets, head.normalization, head.crop_size, head.base_spacing,
+                              head.max_spacing, batch_size)
+        return ScoredCrops(sampler, [m.model for m in segmenters], gate, reuse, device)
+
+    loop = LoopConfig(steps=steps, lr=lr, seed=seed, warmup=steps // 10,
+                      checkpoint_every=max(10, min(200, steps // 10)))
+    summary = train_loop(GateLoss(gate, temperature), gate, scored(training, reuse), loop,
+                         Path(out), progress)
+    gate.threshold, selection = choose_threshold(gate, scored(validation, 1), validation_crops, seed)
+    if progress:
+        progress(f"threshold {gate.threshold:.2f}: mean Dice {selection['dice_routed']:.4f} routed, "
+                 f"{selection['dice_general']:.4f} general alone ({selection['crops']} crops)")
+    if rank == 0:
+        training_meta = {"method": "SAM-Med3D-MoE gate over frozen members, soft Dice targets",
+                         "members": {"general": str(general),
+                                     **{Path(m).name: str(m) for m in members}},
+                         "datasets": [Path(f).name for f in folders], "temperature": temperature,
+                         "batch_size": batch_size, "reuse": reuse, "cases": len(training),
+                         "validation_cases": len(validation), **summary}
+        save_moe_bundle(out, segmenters, gate.eval(), labels=sorted(labels | {t.name for t in targets}),
+                        training=training_meta, metrics={"gate_selection": selection})
+    return Path(out)

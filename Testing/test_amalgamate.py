@@ -69,7 +69,8 @@ def test_expert_grid_shares_centre_and_covers_the_crop(tasks):
 def test_gradients_reach_the_student_and_the_layer_but_not_the_experts(tasks):
     folders, expert_paths = tasks
     experts = [load_expert(path) for path in expert_paths]
-    model, normalization = starting_model(None, None)
+    start = starting_model(None, None)
+    model, normalization = start.model, start.normalization
     items, targets = load_training_items(folders, normalization)
     hidden = model.image_encoder.backbone_features(torch.zeros(1, 1, 64, 64, 64))
     expert_channels = [[e.plan.filters[i] for i in match_expert_stages((8, 16, 32), e.plan.stage_factors)]
@@ -101,7 +102,7 @@ def test_the_student_bundle_runs_alone_and_training_resumes(tasks, tmp_path):
     bundle = load_bundle(out)
     assert bundle.kind == "student" and list(bundle.members) == ["general"]
     assert len(bundle.meta["training"]["experts"]) == 2
-    fresh, _ = starting_model(None, None)  # the student alone: exactly the promptable model's weights
+    fresh = starting_model(None, None).model  # the student alone: exactly the promptable model's weights
     assert set(bundle.default.model.state_dict()) == set(fresh.state_dict())
     for path, digest in zip(experts, hashes):
         assert sha256(path / next(iter(json.loads((path / "bundle.json").read_text())["sha256"]))) == digest

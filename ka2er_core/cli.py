@@ -82,16 +82,10 @@ def run_amalgamate(args: argparse.Namespace) -> int:
 
 
 def run_finetune(args: argparse.Namespace) -> int:
-    from .bundle import BundleError, Segmenter, load_bundle
     from .training.promptable import train_promptable
 
-    general = load_bundle(args.bundle).default
-    if not isinstance(general, Segmenter):
-        raise BundleError("not a promptable model: nothing to fine-tune", path=args.bundle,
-                          field="kind")
     out = train_promptable([args.dataset], args.out, steps=args.steps, batch_size=args.batch_size,
-                           init=args.bundle, base_spacing=general.base_spacing,
-                           max_spacing=general.max_spacing, lr=args.lr, seed=args.seed,
+                           init=args.bundle, lr=args.lr, seed=args.seed,
                            progress=progress_printer("finetune"))
     print(out)
     return 0
@@ -198,8 +192,10 @@ def add_promptable_training_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=positive_int, default=2, help="crops per step and process")
     parser.add_argument("--size", choices=("tiny", "full"), default="tiny",
                         help="model size without --init: tiny (CPU) or full (GPU)")
-    parser.add_argument("--base-spacing", type=float, default=1.5, help="finest crop spacing, mm")
-    parser.add_argument("--max-spacing", type=float, default=4.0, help="coarsest crop spacing, mm")
+    parser.add_argument("--base-spacing", type=float, default=None,
+                        help="finest crop spacing, mm (default: --init's, else 1.5)")
+    parser.add_argument("--max-spacing", type=float, default=None,
+                        help="coarsest crop spacing, mm (default: --init's, else 4.0)")
     parser.add_argument("--lr", type=float, default=1e-3, help="peak learning rate")
     parser.add_argument("--seed", type=int, default=0)
 

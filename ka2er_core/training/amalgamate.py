@@ -167,7 +167,8 @@ class AmalgamationSampler:
 
 def amalgamate(folders: Sequence, expert_paths: Sequence, out: Path, *, steps: int,
                batch_size: int = 2, config: Optional[ModelConfig] = None,
-               init: Optional[Path] = None, base_spacing: float = 1.5, max_spacing: float = 4.0,
+               init: Optional[Path] = None, base_spacing: Optional[float] = None,
+               max_spacing: Optional[float] = None,
                hidden: int = 64, heads: int = 4, distill_weight: float = 1.0, lr: float = 1e-3,
                seed: int = 0, progress=None) -> Path:
     """``ka2er amalgamate``: train a KA2ER student (from scratch, or from bundle ``init``) with the
@@ -176,7 +177,8 @@ def amalgamate(folders: Sequence, expert_paths: Sequence, out: Path, *, steps: i
 
     torch.manual_seed(seed)
     experts = [load_expert(path) for path in expert_paths]
-    model, normalization = starting_model(config, init)
+    start = starting_model(config, init, base_spacing, max_spacing)
+    model, normalization = start.model, start.normalization
     items, targets = load_training_items(folders, normalization, progress)
     with torch.no_grad():  # channels of every source, read off one forward pass of a tiny input
         size = model.config.crop_size
@@ -188,12 +190,12 @@ def amalgamate(folders: Sequence, expert_paths: Sequence, out: Path, *, steps: i
                        for expert in experts]
     trainable = AmalgamatedStudent(model, AmalgamationLayer(student_channels, expert_channels,
                                                             hidden=hidden, heads=heads))
-    crops = CropSampler(items, targets, normalization, model.config.crop_size, base_spacing,
-                        max_spacing, batch_size)
+    crops = CropSampler(items, targets, normalization, start.crop_size, start.base_spacing,
+                        start.max_spacing, batch_size)
     loop = LoopConfig(steps=steps, lr=lr, seed=seed, checkpoint_every=max(10, min(200, steps // 10)))
     summary = train_loop(AmalgamationStep(trainable, experts, distill_weight), trainable,
                          AmalgamationSampler(crops, experts), loop, Path(out), progress)
-    save_student(out, model, normalization, base_spacing, max_spacing, folders, targets, len(items),
+    save_student(out, start, folders, targets, len(items),
                  {"method": "KA2ER amalgamation: gold-feature and own-feature segmentation, "
                             "feature distillation" + (f", from {init}" if init else ""),
                   "experts": [f"{e.plan.task} ({Path(p).name})" for e, p in zip(experts, expert_paths)],

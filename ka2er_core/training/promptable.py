@@ -198,49 +198,55 @@ def load_training_items(folders: Sequence, normalization: Normalization,
     return items, targets
 
 
-def starting_model(config: Optional[ModelConfig], init: Optional[Path]
-                   ) -> tuple[PromptableSegmenter, Normalization]:
-    """A new model of ``config`` (default: tiny) with "auto" normalisation, or bundle ``init``'s first
-    member to fine-tune (its architecture and normalisation win)."""
+def starting_model(config: Optional[ModelConfig], init: Optional[Path],
+                   base_spacing: Optional[float] = None, max_spacing: Optional[float] = None):
+    """The promptable model to train, as a :class:`~ka2er_core.bundle.Segmenter`: bundle ``init``'s
+    first member to fine-tune (its architecture and normalisation win; its crop spacings unless
+    given), or a new model of ``config`` (default: tiny) with "auto" normalisation and spacings 1.5
+    and 4.0 mm unless given."""
+    from ..bundle import BundleError, Segmenter, load_bundle
+
     if init is None:
-        return PromptableSegmenter(config or ModelConfig.tiny()), Normalization("auto")
-    from ..bundle import load_bundle
-
+        return Segmenter("general", PromptableSegmenter(config or ModelConfig.tiny()),
+                         Normalization("auto"), base_spacing or 1.5, max_spacing or 4.0)
     member = load_bundle(init).default
-    return member.model.train(), member.normalization
+    if not isinstance(member, Segmenter):
+        raise BundleError("not a promptable model: nothing to fine-tune", path=init, field="kind")
+    return Segmenter("general", member.model.train(), member.normalization,
+                     base_spacing or member.base_spacing, max_spacing or member.max_spacing)
 
 
-def save_student(out: Path, model: PromptableSegmenter, normalization: Normalization,
-                 base_spacing: float, max_spacing: float, folders: Sequence, targets, cases: int,
-                 training: dict) -> None:
-    """Write the promptable model as a ``student`` bundle (rank 0 only), with what it was trained on."""
-    from ..bundle import Segmenter, save_bundle
+def save_student(out: Path, start, folders: Sequence, targets, cases: int, training: dict) -> None:
+    """Write the trained :func:`starting_model` as a ``student`` bundle (rank 0 only), with what it
+    was trained on."""
+    from ..bundle import save_bundle
 
     rank, _, _ = distributed_context()
     if rank != 0:
         return
-    segmenter = Segmenter("general", model.cpu().eval(), normalization, base_spacing, max_spacing)
+    start.model.cpu().eval()
     training = {"datasets": [Path(f).name for f in folders],
                 "targets": [f"{t.task}: {t.name}" for t in targets], "cases": cases, **training}
-    save_bundle(out, segmenter, kind="student", labels=sorted({t.name for t in targets}),
+    save_bundle(out, start, kind="student", labels=sorted({t.name for t in targets}),
                 training=training)
 
 
 def train_promptable(folders: Sequence, out: Path, *, steps: int, batch_size: int = 2,
                      config: Optional[ModelConfig] = None, init: Optional[Path] = None,
-                     base_spacing: float = 1.5, max_spacing: float = 4.0, lr: float = 1e-3,
-                     seed: int = 0, progress=None) -> Path:
+                     base_spacing: Optional[float] = None, max_spacing: Optional[float] = None,
+                     lr: float = 1e-3, seed: int = 0, progress=None) -> Path:
     """``ka2er train``: train the general promptable model on dataset folders (from scratch, or
-    fine-tuning bundle ``init``: plain multi-task training); write a bundle."""
+    fine-tuning bundle ``init``: plain multi-task training); write a bundle. Spacings as
+    :func:`starting_model`."""
     torch.manual_seed(seed)
-    model, normalization = starting_model(config, init)
-    items, targets = load_training_items(folders, normalization, progress)
-    sampler = CropSampler(items, targets, normalization, model.config.crop_size, base_spacing,
-                          max_spacing, batch_size)
+    start = starting_model(config, init, base_spacing, max_spacing)
+    items, targets = load_training_items(folders, start.normalization, progress)
+    sampler = CropSampler(items, targets, start.normalization, start.crop_size, start.base_spacing,
+                          start.max_spacing, batch_size)
     loop = LoopConfig(steps=steps, lr=lr, seed=seed, checkpoint_every=max(10, min(200, steps // 10)))
-    summary = train_loop(PromptableStep(model), model, sampler, loop, Path(out), progress)
+    summary = train_loop(PromptableStep(start.model), start.model, sampler, loop, Path(out), progress)
     method = "promptable, iterative click simulation"
-    save_student(out, model, normalization, base_spacing, max_spacing, folders, targets, len(items),
+    save_student(out, start, folders, targets, len(items),
                  {"method": method + (f", fine-tuned from {init}" if init else ""),
                   "batch_size": batch_size, **summary})
     return Path(out)

@@ -173,7 +173,7 @@ class KA2ERSegmentLogic(ScriptedLoadableModuleLogic):
 
         def run(session):
             session.set_target(segmentId)
-            if existing.any() and not session.target.history:
+            if existing.any() and session.undo_depth == 0:
                 session.set_mask(existing)
 
         return run

@@ -79,15 +79,3 @@ def test_data_command_writes_folders_the_reader_loads(tmp_path):
         images, label = dataset.cases[0].load()
         assert label.array.any()
 
-
-def test_demo_writes_files_slicer_opens_and_says_what_it_covers(tmp_path):
-    import slicerio
-
-    result = ka2er("demo", "--out", tmp_path / "demo")
-    assert result.returncode == 0, result.stderr
-    assert "covers data and geometry only" in result.stdout
-    assert "files read back identical: True" in result.stdout
-    seg = slicerio.read_segmentation(str(tmp_path / "demo" / "reference.seg.nrrd"))
-    assert [s["name"] for s in seg["segments"]] == ["brain", "white matter", "grey matter"]
-    volume = tmp_path / "demo" / "mni_t1_10000.nrrd"
-    assert volume.exists() and str(volume.resolve()) in result.stdout

@@ -10,7 +10,9 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 from . import __version__
+from .bundle_cli import add_bundle_command
 from .errors import Ka2erError
+from .server.command import add_serve_command
 
 
 def progress_printer(prefix: str) -> Callable[[str], None]:
@@ -176,7 +178,7 @@ def method_name(bundle: Optional[Path], bundles: Sequence[Optional[Path]]) -> st
 def run_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo as demo
 
-    demo(Path(args.out), progress=progress_printer("demo"))
+    demo(args.out, progress=progress_printer("demo"), bundle=args.bundle, device=args.device)
     return 0
 
 
@@ -348,11 +350,22 @@ def build_parser() -> argparse.ArgumentParser:
                           help="folder for report.json and dice.png")
     evaluate.set_defaults(run=run_evaluate)
 
-    demo = commands.add_parser("demo", help="run the offline demo on the shipped data",
-                               description="Run the offline demo on MNI152 data shipped with nilearn.")
+    demo = commands.add_parser(
+        "demo", help="segment a held-out MNI152 pseudo-subject with the shipped model, offline",
+        description="A simulated clinician segments the brain (a box, then corrective clicks, 3 "
+        "prompts) and the white matter (a click, then corrective clicks, 5 prompts) of a held-out "
+        "MNI152 pseudo-subject (nilearn's template, no download); each prompt prints its Dice, "
+        "latency and answering model. Writes the volume (.nrrd), result.seg.nrrd, "
+        "reference.seg.nrrd, slice pictures, dice.png and report.json to --out.")
     demo.add_argument("--out", type=Path, default=Path("ka2er-demo"),
                       help="folder for the demo's files (default ./ka2er-demo)")
+    demo.add_argument("--bundle", type=Path, default=None,
+                      help="promptable bundle folder (default: the shipped demo bundle)")
+    demo.add_argument("--device", default="auto", help="auto, cpu or cuda")
     demo.set_defaults(run=run_demo)
+
+    add_serve_command(commands)
+    add_bundle_command(commands)
     return parser
 
 

@@ -28,24 +28,13 @@ from ..modeling.prompt_encoder import (BOX_HIGH, BOX_LOW, FLAT_BOX_HIGH, FLAT_BO
 from ..volume import Grid, Volume
 from .crops import (ZOOM_STEP, changed_cells, covers, plan_crop, region_slices, sample_logits,
                     touched_faces)
+from .result import Region, Result, check_point
 
-Region = tuple[slice, slice, slice]
 MAX_ZOOM_OUTS = 4
 CORRECTION_RADIUS = 0.25
 """A click on an existing mask edits it within this fraction of the crop size around the click;
 the model's answer elsewhere is not pasted (a correction, not a new segmentation)."""
 EMBEDDING_CACHE_SIZE = 4
-
-
-@dataclass(frozen=True)
-class Result:
-    """``region``: the (k, j, i) slices of the volume that were rewritten (None if nothing changed);
-    ``score``: predicted IoU; ``expert``: the model that answered; ``latency_ms``: wall time."""
-
-    region: Optional[Region]
-    score: float
-    expert: str
-    latency_ms: float
 
 
 @dataclass(frozen=True)
@@ -156,6 +145,22 @@ class InteractiveSession:
         """The current target's mask, uint8 (k, j, i) on the volume's grid."""
         return self.target.mask
 
+    @property
+    def undo_depth(self) -> int:
+        """How many prompts of the current target :meth:`undo` can take back."""
+        return len(self.target.history) if self.volume is not None else 0
+
+    @property
+    def memory_bytes(self) -> int:
+        """Bytes this session holds beyond the model: the image, every target's mask, undo copies and
+        last crop logits, and the cached embeddings."""
+        total = 0 if self.volume is None else self.volume.array.nbytes
+        for target in self.targets.values():
+            total += target.mask.nbytes + sum(old.nbytes for step in target.history
+                                              for _, old in step.pasted)
+            total += 0 if target.crop is None else target.crop.logits.nbytes
+        return total + sum(tensor_bytes(e) for e in self._embeddings.values())
+
     # ---- prompts ----
 
     def add_point(self, ras: Sequence[float], positive: bool = True) -> Result:
@@ -204,15 +209,7 @@ class InteractiveSession:
         return self.volume
 
     def _check_point(self, ras, what: str) -> np.ndarray:
-        volume = self._require_image()
-        point = np.asarray(ras, dtype=np.float64)
-        if point.shape != (3,) or not np.all(np.isfinite(point)):
-            raise PromptError(f"{what} must be 3 finite RAS coordinates, got {ras!r}", field=what)
-        ijk = ras_to_ijk(point, volume.ijk_to_ras)
-        if np.any(ijk < -0.5) or np.any(ijk > np.asarray(volume.shape[::-1]) - 0.5):
-            raise PromptError(f"{what} RAS {point.round(2).tolist()} is outside the image "
-                              f"(voxel {ijk.round(1).tolist()}, size {volume.shape[::-1]})", field=what)
-        return point
+        return check_point(self._require_image(), ras, what)
 
     def _mask_bounds(self, mask: np.ndarray, region: Region):
         """RAS box enclosing the foreground of ``mask[region]`` (None if empty)."""
@@ -400,6 +397,15 @@ class InteractiveSession:
         target.crop = CropState(crop, logits)
         return Result(union(region for region, _ in step.pasted), score, self.segmenter.name,
                       (time.perf_counter() - start) * 1000)
+
+
+def tensor_bytes(value) -> int:
+    """Bytes of the tensors in ``value`` (a tensor, a sequence of them, or an object holding them)."""
+    if isinstance(value, torch.Tensor):
+        return value.numel() * value.element_size()
+    if isinstance(value, (list, tuple)):
+        return sum(tensor_bytes(v) for v in value)
+    return sum(tensor_bytes(v) for v in vars(value).values()) if hasattr(value, "__dict__") else 0
 
 
 def union(regions) -> Optional[Region]:

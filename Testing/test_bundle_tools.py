@@ -1,0 +1,224 @@
+"""ka2er bundle inspect (what a bundle holds, no model built, damaged files named) and ka2er bundle
+export --monai (a MONAI Bundle that MONAI's ConfigParser turns back into the same model)."""
+
+import json
+import shutil
+
+import pytest
+import torch
+from monai.bundle import ConfigParser
+from safetensors.torch import load_file
+
+import ka2er_core.export.monai_bundle as monai_bundle
+from ka2er_core.bundle import (DEFAULT_BUNDLE, Expert, Segmenter, load_bundle, save_bundle,
+                               save_moe_bundle)
+from ka2er_core.bundle_inspect import inspect_bundle
+from ka2er_core.cli import main
+from ka2er_core.modeling import ExpertPlan, ModelConfig, PromptableSegmenter, TaskExpert
+from ka2er_core.modeling.gate import Gate
+from ka2er_core.modeling.normalization import Normalization
+from ka2er_core.modeling.prompt_encoder import BOX_HIGH, BOX_LOW, POSITIVE
+
+METADATA_KEYS = ("version", "monai_version", "pytorch_version", "numpy_version",
+                 "optional_packages_version", "task", "description", "authors", "copyright",
+                 "network_data_format")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models on a busy 2-core machine: one thread each avoids oversubscription."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def demo():
+    return load_bundle()
+
+
+@pytest.fixture(scope="module")
+def moe(tmp_path_factory):
+    """A moe bundle of two random tiny members ("general", "liver") and a gate at threshold 0.7."""
+    torch.manual_seed(0)
+    members = [Segmenter(name, PromptableSegmenter(ModelConfig.tiny()).eval(), Normalization("mr"),
+                         1.5, 4.0) for name in ("general", "liver")]
+    gate = Gate.for_model(["general", "liver"], members[0].model)
+    gate.threshold = 0.7
+    return save_moe_bundle(tmp_path_factory.mktemp("moe") / "bundle", members, gate.eval(),
+                           labels=["liver"], metrics={"liver": {"dice": 0.9}})
+
+
+@pytest.fixture(scope="module")
+def expert(tmp_path_factory):
+    torch.manual_seed(1)
+    plan = ExpertPlan(task="Dataset009_Balls", labels={"ball": 1, "core": 3}, spacing=(1.0, 1.0, 3.0),
+                      patch_size=(8, 32, 32),
+                      kernel_sizes=((1, 3, 3), (3, 3, 3), (3, 3, 3), (3, 3, 3)),
+                      strides=((1, 1, 1), (1, 2, 2), (2, 2, 2), (2, 2, 2)), filters=(4, 8, 16, 16),
+                      normalization={"kind": "ct", "low": -100.0, "high": 300.0, "clip": 5.0})
+    return save_bundle(tmp_path_factory.mktemp("expert") / "bundle",
+                       Expert("balls", TaskExpert(plan).eval()), kind="expert", labels=["ball", "core"])
+
+
+def error_line(capsys) -> str:
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("ka2er: error: "), lines
+    return lines[0]
+
+
+def test_inspect_prints_kind_labels_parameters_and_training(demo, capsys, monkeypatch):
+    parameters = sum(value.numel() for value in demo.default.model.state_dict().values())
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("inspect built a model")
+
+    monkeypatch.setattr(torch.nn.Module, "__init__", no_model)
+    assert main(["bundle", "inspect", str(DEFAULT_BUNDLE)]) == 0
+    out = capsys.readouterr().out
+    assert "kind   student" in out
+    assert "labels " + ", ".join(demo.meta["labels"]) in out
+    assert f"parameters     {parameters:,}" in out
+    assert "general.safetensors, 6.4 MB, sha256 ok" in out
+    assert "1.5 mm base, 4 mm max" in out and "64^3 voxels" in out
+    assert "auto: CT window [-160, 240] HU" in out
+    assert "steps: 6000" in out and "metrics\n  (none)" in out
+
+    assert main(["bundle", "inspect", "--json", str(DEFAULT_BUNDLE)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    general = report["members"]["general"]
+    assert report["kind"] == "student" and report["labels"] == demo.meta["labels"]
+    assert general["parameters"] == parameters and general["weights"]["sha256"] == "ok"
+    assert general["crop_size"] == 64 and general["normalization"]["kind"] == "auto"
+    assert report["training"] == demo.meta["training"]
+
+
+def test_inspect_shows_the_gate_threshold_and_the_expert_plan(moe, expert, capsys):
+    report = inspect_bundle(moe)
+    assert report["gate"]["threshold"] == 0.7 and report["gate"]["members"] == ["general", "liver"]
+    gate_values = sum(t.numel() for t in load_file(moe / "gate.safetensors").values())
+    assert report["gate"]["parameters"] == gate_values
+    assert main(["bundle", "inspect", str(moe)]) == 0
+    out = capsys.readouterr().out
+    assert "kind   moe" in out and "member liver" in out
+    assert "gate\n  threshold      0.7\n  members        general, liver" in out
+    assert "metrics\n  liver:\n    dice: 0.9" in out
+
+    assert main(["bundle", "inspect", str(expert)]) == 0
+    out = capsys.readouterr().out
+    assert "architecture   expert (MONAI DynUNet, 4 stages, filters 4-8-16-16)" in out
+    assert "task           Dataset009_Balls" in out and "labels         ball = 1, core = 3" in out
+    assert "spacing        1 x 1 x 3 mm (i j k)" in out and "patch          8 x 32 x 32" in out
+    assert inspect_bundle(expert)["members"]["balls"]["plan"]["patch_size"] == [8, 32, 32]
+
+
+def test_inspect_names_a_changed_weight_file_and_bad_paths(tmp_path, capsys):
+    copy = shutil.copytree(DEFAULT_BUNDLE, tmp_path / "demo")
+    weights = copy / "general.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    weights.write_bytes(bytes(data))
+    assert main(["bundle", "inspect", str(copy)]) == 2
+    assert f"{weights}: sha256: " in error_line(capsys)
+    assert main(["bundle", "inspect", "--json", str(copy)]) == 2
+    assert json.loads(capsys.readouterr().out)["members"]["general"]["weights"]["sha256"] == "changed"
+
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "file.txt").write_text("x")
+    for path in (tmp_path / "missing", tmp_path / "empty", tmp_path / "file.txt"):
+        assert main(["bundle", "inspect", str(path)]) == 2
+        assert str(path) in error_line(capsys)
+
+
+def test_monai_export_gives_the_same_model(demo, tmp_path, capsys):
+    out = tmp_path / "monai"
+    assert main(["bundle", "export", "--monai", str(out), str(DEFAULT_BUNDLE)]) == 0
+    metadata = json.loads((out / "configs" / "metadata.json").read_text())
+    assert all(key in metadata for key in METADATA_KEYS)
+    assert set(metadata["network_data_format"]["inputs"]) == {"image", "coords", "labels", "mask"}
+    assert metadata["ka2er"] == {"member": "general", "bundle": demo.meta}
+    assert (out / "docs" / "README.md").read_text() == (DEFAULT_BUNDLE / "README.md").read_text()
+
+    parser = ConfigParser()
+    parser.read_config(str(out / "configs" / "inference.json"))
+    network = parser.get_parsed_content("network_def")
+    assert isinstance(network, PromptableSegmenter)
+    network.load_state_dict(torch.load(out / "models" / "model.pt", weights_only=True))
+    network.eval()
+    torch.manual_seed(2)
+    image = torch.randn(1, 1, 64, 64, 64)
+    coords = torch.tensor([[[20.0, 22.0, 18.0], [44.0, 40.0, 46.0], [32.0, 31.0, 33.0]]])
+    labels = torch.tensor([[BOX_LOW, BOX_HIGH, POSITIVE]])
+    with torch.inference_mode():
+        logits, iou = network(image, coords, labels)
+        expected_logits, expected_iou = demo.default.model(image, coords, labels)
+    assert torch.allclose(logits, expected_logits) and torch.allclose(iou, expected_iou)
+    safetensors_state = load_file(out / "models" / "model.safetensors")
+    assert all(torch.equal(safetensors_state[k], v) for k, v in demo.default.model.state_dict().items())
+
+    parser["bundle_root"] = str(out)
+    parser.get_parsed_content("initialize")  # the config's own recipe loads the same weights
+    loaded = parser.get_parsed_content("network").state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in demo.default.model.state_dict().items())
+
+
+def test_export_refuses_an_existing_folder_and_never_leaves_half_a_bundle(tmp_path, capsys,
+                                                                          monkeypatch):
+    out = tmp_path / "monai"
+    out.mkdir()
+    (out / "mine.txt").write_text("keep")
+    assert main(["bundle", "export", "--monai", str(out), str(DEFAULT_BUNDLE)]) == 2
+    assert str(out) in error_line(capsys) and (out / "mine.txt").exists()
+
+    def broken_save(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(monai_bundle.torch, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        main(["bundle", "export", "--force", "--monai", str(out), str(DEFAULT_BUNDLE)])
+    with pytest.raises(OSError, match="disk full"):
+        main(["bundle", "export", "--monai", str(tmp_path / "new"), str(DEFAULT_BUNDLE)])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["monai"]
+    assert [p.name for p in out.iterdir()] == ["mine.txt"]
+
+    monkeypatch.undo()
+    assert main(["bundle", "export", "--force", "--monai", str(out), str(DEFAULT_BUNDLE)]) == 0
+    assert not (out / "mine.txt").exists() and (out / "models" / "model.pt").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["monai"]
+
+
+def test_export_a_moe_member_and_an_expert(moe, expert, tmp_path, capsys):
+    out = tmp_path / "liver"
+    assert main(["bundle", "export", "--member", "liver", "--monai", str(out), str(moe)]) == 0
+    assert json.loads((out / "configs" / "metadata.json").read_text())["ka2er"]["member"] == "liver"
+    expected = load_file(moe / "liver.safetensors")
+    exported = torch.load(out / "models" / "model.pt", weights_only=True)
+    assert exported.keys() == expected.keys()
+    assert all(torch.equal(exported[k], v) for k, v in expected.items())
+    unknown = ["--member", "spleen", "--monai", str(tmp_path / "x"), str(moe)]
+    assert main(["bundle", "export", *unknown]) == 2
+    assert "no member 'spleen'; the members are general, liver" in error_line(capsys)
+
+    out = tmp_path / "expert"
+    assert main(["bundle", "export", "--monai", str(out), str(expert)]) == 0
+    parser = ConfigParser()
+    parser.read_config(str(out / "configs" / "inference.json"))
+    network = parser.get_parsed_content("network_def")
+    network.load_state_dict(torch.load(out / "models" / "model.pt", weights_only=True))
+    original = load_bundle(expert).default.model
+    image = torch.randn(1, 1, 8, 32, 32)
+    with torch.inference_mode():
+        assert torch.allclose(network.eval()(image), original(image))
+    assert list(parser.get_parsed_content("inferer").roi_size) == [8, 32, 32]
+    metadata = json.loads((out / "configs" / "metadata.json").read_text())
+    classes = metadata["network_data_format"]["outputs"]["pred"]["channel_def"]
+    assert classes == {"0": "background", "1": "ball (label value 1)", "2": "core (label value 3)"}
+
+
+@pytest.mark.parametrize("action", ["inspect", "export", "import-sam-med3d", "import-nnunet"])
+def test_help(action, capsys):
+    with pytest.raises(SystemExit) as exit_code:
+        main(["bundle", action, "--help"])
+    assert exit_code.value.code == 0
+    assert capsys.readouterr().out.startswith(f"usage: ka2er bundle {action}")

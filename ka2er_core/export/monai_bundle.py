@@ -1,0 +1,250 @@
+"""Export one model of a ka2er bundle as a MONAI Bundle folder, for users of MONAI's tools.
+
+The folder holds ``configs/metadata.json`` (MONAI's metadata fields, plus a ``ka2er`` section with
+the original ``bundle.json``), ``configs/inference.json`` (``network_def`` instantiates the model
+through :func:`promptable_network` or :func:`task_expert_network`, so ``ka2er_core`` must be
+importable), ``models/model.pt`` (the state dict, ``torch.save``), ``models/model.safetensors`` and
+``docs/README.md`` (the bundle's model card, when it has one). It appears whole or not at all.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import monai
+import numpy
+import safetensors
+import torch
+from safetensors.torch import save_file
+
+from .. import __version__
+from ..bundle import Bundle, Expert, Member, Segmenter, load_bundle
+from ..errors import Ka2erError
+from ..modeling import ExpertPlan, ModelConfig, PromptableSegmenter, TaskExpert
+from ..modeling.prompt_encoder import (BOX_HIGH, BOX_LOW, FLAT_BOX_HIGH, FLAT_BOX_LOW, NEGATIVE, PAD,
+                                       POSITIVE)
+
+MODEL_VERSION = "1.0.0"
+PROMPT_KINDS = {PAD: "padding (no prompt)", NEGATIVE: "negative point", POSITIVE: "positive point",
+                BOX_LOW: "3D box, low corner", BOX_HIGH: "3D box, high corner",
+                FLAT_BOX_LOW: "2D box (one slice thick), low corner",
+                FLAT_BOX_HIGH: "2D box (one slice thick), high corner"}
+
+
+class ExportError(Ka2erError):
+    """An export cannot be written: the output exists, or the member cannot be exported."""
+
+
+def promptable_network(architecture: dict[str, Any]) -> PromptableSegmenter:
+    """The promptable model of an architecture dict (``bundle.json``'s), random weights: the
+    ``network_def`` factory of exported promptable models."""
+    return PromptableSegmenter(ModelConfig.from_dict(architecture))
+
+
+def task_expert_network(plan: dict[str, Any]) -> TaskExpert:
+    """The task expert (MONAI DynUNet) of a plan dict, random weights: the ``network_def`` factory
+    of exported experts."""
+    return TaskExpert(ExpertPlan.from_dict(plan))
+
+
+def modality(normalization: dict[str, Any]) -> str:
+    return {"ct": "CT", "mr": "MR"}.get(normalization.get("kind"), "CT or MR")
+
+
+def value_range(normalization: dict[str, Any]) -> list[float]:
+    """Range of normalised intensities: CT windows map to [-1, 1], MR z-scores are clipped."""
+    if normalization.get("kind") == "ct":
+        return [-1.0, 1.0]
+    clip = float(normalization.get("clip", 1.0))
+    return [-max(clip, 1.0), max(clip, 1.0)]
+
+
+def image_input(normalization: dict[str, Any], channels: int, shape: list, grid: str
+                ) -> dict[str, Any]:
+    """The normalised image a model reads, resampled to ``grid`` (described in words)."""
+    return {"type": "image", "format": "magnitude", "modality": modality(normalization),
+            "num_channels": channels, "spatial_shape": shape, "dtype": "float32",
+            "value_range": value_range(normalization), "is_patch_data": True,
+            "channel_def": {"0": f"image on {grid}, axes (k, j, i), normalised as configs/"
+                                 "inference.json 'normalization'"}}
+
+
+def promptable_data_format(member: Segmenter) -> dict[str, Any]:
+    """Inputs and outputs of ``PromptableSegmenter.forward(image, coords, labels, mask=None)``."""
+    crop = member.crop_size
+    shape = [crop, crop, crop]
+    normalization = member.normalization.to_dict()
+    return {
+        "inputs": {
+            "image": image_input(normalization, member.model.config.in_channels, shape,
+                                 f"a {crop}^3 crop, isotropic spacing from base_spacing to "
+                                 "max_spacing"),
+            "coords": {"type": "tuples", "format": "points", "modality": "n/a", "num_channels": 3,
+                       "spatial_shape": ["*", 3], "dtype": "float32", "value_range": [0, crop],
+                       "is_patch_data": False,
+                       "channel_def": {"0": "i (crop voxel)", "1": "j", "2": "k"}},
+            "labels": {"type": "tuples", "format": "indices", "modality": "n/a", "num_channels": 1,
+                       "spatial_shape": ["*"], "dtype": "int64", "value_range": [PAD, FLAT_BOX_HIGH],
+                       "is_patch_data": False,
+                       "channel_def": {str(kind): text for kind, text in PROMPT_KINDS.items()}},
+            "mask": {"type": "image", "format": "magnitude", "modality": "n/a", "num_channels": 1,
+                     "spatial_shape": shape, "dtype": "float32", "value_range": [0, 1],
+                     "is_patch_data": True,
+                     "channel_def": {"0": "optional previous mask (probability) of the target"}}},
+        "outputs": {
+            "pred": {"type": "image", "format": "classes", "num_channels": 1, "spatial_shape": shape,
+                     "dtype": "float32", "value_range": [], "is_patch_data": True,
+                     "channel_def": {"0": "target logit (inside where > 0)"}},
+            "iou": {"type": "probabilities", "format": "classes", "num_channels": 1,
+                    "spatial_shape": [1], "dtype": "float32", "value_range": [0, 1],
+                    "is_patch_data": False, "channel_def": {"0": "predicted IoU of the mask"}}}}
+
+
+def expert_data_format(plan: ExpertPlan) -> dict[str, Any]:
+    """Input and output of ``TaskExpert.forward(image)`` in eval mode, one patch."""
+    shape = list(plan.patch_size)
+    classes = {"0": "background", **{str(c): f"{name} (label value {value})"
+                                     for c, (name, value) in enumerate(plan.labels.items(), 1)}}
+    grid = "a patch of the canonical RAS grid at 'spacing' (i, j, k)"
+    return {"inputs": {"image": image_input(plan.normalization, 1, shape, grid)},
+            "outputs": {"pred": {"type": "image", "format": "labels",
+                                 "num_channels": plan.num_classes, "spatial_shape": shape,
+                                 "dtype": "float32", "value_range": [], "is_patch_data": True,
+                                 "channel_def": classes}}}
+
+
+def metadata(bundle: Bundle, name: str) -> dict[str, Any]:
+    """``configs/metadata.json``: MONAI's metadata fields and the original ``bundle.json``."""
+    member = bundle.members[name]
+    labels = ", ".join(bundle.meta.get("labels", [])) or "the prompted structure"
+    if isinstance(member, Expert):
+        plan = member.plan
+        task = f"Automatic 3D segmentation of {', '.join(plan.labels)} ({plan.task})"
+        description = (f"KA2ER Segment task expert {name!r}: an nnU-Net-style MONAI DynUNet "
+                       f"planned for {plan.task}, patches of {plan.patch_size} voxels (k, j, i) at "
+                       f"{plan.spacing} mm (i, j, k). Sliding windows as configs/inference.json "
+                       "'inferer'; softmax over the channels gives the labels.")
+        data_format = expert_data_format(plan)
+    else:
+        task = f"Interactive prompt-based 3D segmentation (points and boxes) of {labels}"
+        description = (f"KA2ER Segment promptable model {name!r} from a {bundle.kind!r} bundle: "
+                       "SAM-style (Swin transformer image encoder, prompt encoder for points, 3D "
+                       f"and 2D boxes and a previous mask, two-way mask decoder) on "
+                       f"{member.crop_size}^3 crops at {member.base_spacing} to "
+                       f"{member.max_spacing} mm. Prompts are crop-voxel coordinates (i, j, k); "
+                       "ka2er_core converts RAS prompts, crops, resamples and normalises.")
+        data_format = promptable_data_format(member)
+    training = bundle.meta.get("training", {})
+    optional = {"eval_metrics": bundle.meta["metrics"]} if bundle.meta.get("metrics") else {}
+    if training.get("datasets"):
+        optional["data_source"] = ", ".join(map(str, training["datasets"]))
+    return {"version": MODEL_VERSION,
+            "changelog": {MODEL_VERSION: f"exported by ka2er {__version__} from member {name!r}"},
+            "monai_version": monai.__version__,
+            "pytorch_version": torch.__version__.split("+")[0],
+            "numpy_version": numpy.__version__,
+            "required_packages_version": {"ka2er-segment": __version__},
+            "optional_packages_version": {"safetensors": safetensors.__version__},
+            "task": task, "description": description,
+            "authors": "KA2ER Segment contributors",
+            "copyright": "Copyright (c) KA2ER Segment contributors",
+            **optional,
+            "network_data_format": data_format,
+            "ka2er": {"member": name, "bundle": bundle.meta}}
+
+
+def inference_config(member: Member) -> dict[str, Any]:
+    """``configs/inference.json``: the network (``network_def``), its weights and the settings."""
+    if isinstance(member, Expert):
+        plan = member.plan
+        network_def = {"_target_": f"{__name__}.task_expert_network", "plan": plan.to_dict()}
+        settings = {"spacing": list(plan.spacing), "labels": plan.labels,
+                    "normalization": plan.normalization,
+                    "inferer": {"_target_": "SlidingWindowInferer", "roi_size": list(plan.patch_size),
+                                "sw_batch_size": 1, "overlap": 0.5, "mode": "gaussian"}}
+    else:
+        network_def = {"_target_": f"{__name__}.promptable_network",
+                       "architecture": member.model.config.to_dict()}
+        settings = {"crop_size": member.crop_size, "base_spacing": member.base_spacing,
+                    "max_spacing": member.max_spacing,
+                    "normalization": member.normalization.to_dict()}
+    return {"imports": ["$import torch"],
+            "bundle_root": ".",
+            "device": "$torch.device('cuda' if torch.cuda.is_available() else 'cpu')",
+            "ckpt_path": "$@bundle_root + '/models/model.pt'",
+            **settings,
+            "network_def": network_def,
+            "network": "$@network_def.to(@device)",
+            "initialize": ["$@network.load_state_dict(torch.load(@ckpt_path, map_location=@device, "
+                           "weights_only=True))", "$@network.eval()"]}
+
+
+def current_umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
+@contextlib.contextmanager
+def folder_written_whole(out: Path):
+    """Yield an empty temporary sibling folder of ``out``; on success it becomes ``out`` (replacing
+    an existing folder), on failure it is removed and ``out`` is untouched."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    os.chmod(staging, 0o777 & ~current_umask())  # mkdtemp makes it private
+    previous = staging.with_suffix(".old")
+    try:
+        yield staging
+        if out.exists():
+            os.rename(out, previous)
+        try:
+            os.rename(staging, out)
+        except OSError:
+            if previous.exists():
+                os.rename(previous, out)
+            raise
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    shutil.rmtree(previous, ignore_errors=True)
+
+
+def export_monai_bundle(bundle: Union[str, os.PathLike], out: Union[str, os.PathLike], *,
+                        member: Optional[str] = None, force: bool = False) -> Path:
+    """Write the MONAI Bundle folder ``out`` for ``member`` (default: the first, a moe bundle's
+    general model) of the ka2er bundle ``bundle``, whose checksums are verified; an existing ``out``
+    is refused unless ``force``. Returns ``out``."""
+    bundle, out = Path(bundle), Path(out)
+    if out.exists():
+        if not force:
+            raise ExportError("already exists (--force replaces it)", path=out)
+        if not out.is_dir() or out.resolve() == bundle.resolve():
+            raise ExportError("cannot be replaced: it is not a folder, or it is the bundle being "
+                              "exported", path=out)
+    loaded = load_bundle(bundle)
+    name = member or next(iter(loaded.members))
+    if name not in loaded.members:
+        raise ExportError(f"no member {name!r}; the members are {', '.join(loaded.members)}",
+                          path=bundle / "bundle.json", field="members")
+    model = loaded.members[name].model
+    state = {key: value.detach().cpu().contiguous() for key, value in model.state_dict().items()}
+    with folder_written_whole(out) as folder:
+        for sub in ("configs", "models"):
+            (folder / sub).mkdir()
+        (folder / "configs" / "metadata.json").write_text(
+            json.dumps(metadata(loaded, name), indent=2) + "\n")
+        (folder / "configs" / "inference.json").write_text(
+            json.dumps(inference_config(loaded.members[name]), indent=2) + "\n")
+        torch.save(state, folder / "models" / "model.pt")
+        save_file(state, str(folder / "models" / "model.safetensors"))
+        os.chmod(folder / "models" / "model.safetensors", 0o666 & ~current_umask())  # was private
+        if (bundle / "README.md").is_file():
+            (folder / "docs").mkdir()
+            shutil.copyfile(bundle / "README.md", folder / "docs" / "README.md")
+    return out

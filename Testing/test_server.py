@@ -2,15 +2,11 @@
 
 import json
 import http.client
-import socket
-import threading
-import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
-import uvicorn
 
 from ka2er_core import load_bundle
 from ka2er_core.data import PHANTOM_LABELS, TEST_SEEDS, ct_phantom
@@ -19,32 +15,19 @@ from ka2er_core.geometry import ijk_to_ras_points
 from ka2er_core.inference import InteractiveSession
 from ka2er_core.server.app import Limits, create_app
 from ka2er_core.server.client import AuthenticationError, RemoteError, RemoteSession, ServerUnavailableError
-from ka2er_core.server.serve import ServerConfigError, check_config
+from ka2er_core.server.serve import BackgroundServer, ServerConfigError, check_config
 from ka2er_core.server.wire import WireError, decode_array, encode_array, encode_volume
 from ka2er_core.training.clicks import component_centre
 
 TOKEN = "t0ken-for-the-loopback-tests-only"
 
 
-class LiveServer:
+class LiveServer(BackgroundServer):
     """A real uvicorn server on a free loopback port, in a thread."""
 
     def __init__(self, app, **config):
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
-        self.port = sock.getsockname()[1]
+        super().__init__(app, **config)
         self.app = app
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", **config))
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]}, daemon=True)
-        self.thread.start()
-        deadline = time.monotonic() + 20
-        while not self.server.started:
-            assert time.monotonic() < deadline, "server did not start"
-            time.sleep(0.02)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
 
     @property
     def store(self):
@@ -64,10 +47,6 @@ class LiveServer:
             return response.status, json.loads(data)
         except ValueError:
             return response.status, data
-
-    def stop(self):
-        self.server.should_exit = True
-        self.thread.join(10)
 
 
 @pytest.fixture(scope="module")
@@ -260,6 +239,32 @@ def test_a_retried_prompt_is_applied_once(server):
     assert first == again and first[1]["undo_depth"] == 1
 
 
+def test_tls_serves_clients_that_trust_its_certificate(bundle, tmp_path):
+    import ssl
+
+    import trustme
+
+    authority = trustme.CA()
+    certificate = authority.issue_cert("127.0.0.1")
+    certfile, keyfile = tmp_path / "cert.pem", tmp_path / "key.pem"
+    certificate.private_key_and_cert_chain_pem.write_to_path(str(certfile))
+    certificate.private_key_pem.write_to_path(str(keyfile))
+    live = LiveServer(create_app(bundle, TOKEN, device="cpu"), ssl_certfile=str(certfile),
+                      ssl_keyfile=str(keyfile))
+    try:
+        assert live.url.startswith("https://")
+        context = ssl.create_default_context()
+        authority.configure_trust(context)
+        subject = phantom(TEST_SEEDS[0])
+        with RemoteSession(live.url, token=TOKEN, ssl_context=context) as remote:
+            remote.set_image(subject.image)
+            assert remote.add_point(clicks_on(subject, "liver", 1)[0]).region is not None
+        with pytest.raises(ServerUnavailableError, match="CERTIFICATE_VERIFY_FAILED"):
+            RemoteSession(live.url, token=TOKEN, retries=0).set_image(subject.image)  # untrusted
+    finally:
+        live.stop()
+
+
 def test_client_errors_are_clear(server):
     with pytest.raises(ServerUnavailableError, match="cannot reach"):
         RemoteSession("http://127.0.0.1:9", token=TOKEN, retries=1, backoff=0.01).set_image(
@@ -303,3 +308,91 @@ def test_the_server_refuses_to_start_unsafely(tmp_path):
     assert check_config("0.0.0.0", good, False, None, None) == TOKEN
     with pytest.raises(ServerConfigError, match="both"):
         check_config("0.0.0.0", good, False, tmp_path / "cert.pem", None)
+
+
+def test_schemathesis_finds_no_server_error(bundle):
+    """Requests generated from the OpenAPI schema against the real server on loopback, with the token:
+    per operation 10 schema-conforming cases with random ids, then 15 conforming and 15
+    schema-violating cases on a real session (bounded in count; about 20 s). No answer is a 5xx."""
+    import schemathesis
+    from hypothesis import HealthCheck, given, settings
+    from schemathesis import GenerationMode
+
+    live = LiveServer(create_app(bundle, TOKEN, Limits(max_upload_bytes=1 << 20, max_voxels=100_000,
+                                                        rate_burst=100_000), device="cpu"))
+    image = encode_volume(phantom(TEST_SEEDS[0], shape=(16, 32, 32)).image)
+    seen = []
+    try:
+        status, document = live.raw("GET", "/openapi.json")
+        assert status == 200
+        schema = schemathesis.openapi.from_dict(document)
+        operations = [result.ok() for result in schema.get_all_operations()]
+        assert len(operations) >= 9
+        for operation in operations:
+            runs = [(GenerationMode.POSITIVE, None, 10)]
+            if "{session_id}" in operation.path:
+                session = live.raw("POST", "/sessions", image)[1]["session"]
+                runs += [(GenerationMode.POSITIVE, session, 15), (GenerationMode.NEGATIVE, session, 15)]
+            for mode, session, count in runs:
+                fixed = None if session is None else {"session_id": session}
+
+                @settings(max_examples=count, deadline=None, database=None,
+                          suppress_health_check=list(HealthCheck))
+                @given(case=operation.as_strategy(mode, path_parameters=fixed))
+                def no_server_error(case):
+                    response = case.call(base_url=live.url, timeout=30,
+                                         headers={"Authorization": f"Bearer {TOKEN}"})
+                    seen.append(response.status_code)
+                    assert response.status_code < 500, (case.method, case.path, response.text[:300])
+                no_server_error()
+        assert live.raw("GET", "/health", token=None)[0] == 200  # still serving
+    finally:
+        live.stop()
+    assert len(seen) >= 100 and any(s < 300 for s in seen) and any(400 <= s < 500 for s in seen)
+
+
+def test_ka2er_serve_starts_from_the_command_line_and_refuses_without_a_token(tmp_path):
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    def free_port():
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            return sock.getsockname()[1]
+
+    refused = subprocess.run([sys.executable, "-m", "ka2er_core.cli", "serve", "--host", "0.0.0.0"],
+                             capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 2 and "without a token" in refused.stderr
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN)
+    token_file.chmod(0o600)
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-m", "ka2er_core.cli", "serve", "--token-file",
+                                str(token_file), "--port", str(port)],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+                connection.request("GET", "/health")
+                health = connection.getresponse()
+                assert health.status == 200 and json.loads(health.read())["status"] == "ok"
+                break
+            except OSError:
+                assert time.monotonic() < deadline and process.poll() is None, process.stdout.read()
+                time.sleep(0.2)
+        times = []
+        for token in (TOKEN, TOKEN, TOKEN, "wrong-token-of-the-same-kind-xx"):
+            start = time.perf_counter()
+            connection.request("GET", "/capabilities", headers={"Authorization": f"Bearer {token}"})
+            response = connection.getresponse()
+            body = json.loads(response.read())
+            times.append(time.perf_counter() - start)
+        assert response.status == 401 and "token" in body["detail"]
+        assert min(times[1:3]) < 0.03  # kept-alive requests are not held back by Nagle + delayed ACK
+    finally:
+        process.terminate()
+        process.wait(20)

@@ -77,3 +77,38 @@ def serve(bundle_path: Optional[Path], host: str, port: int, token_file: Optiona
     uvicorn.run(app, host=host, port=port, log_level="info", workers=1,
                 ssl_certfile=None if certfile is None else str(certfile),
                 ssl_keyfile=None if keyfile is None else str(keyfile))
+
+
+class BackgroundServer:
+    """``app`` served by uvicorn on a free port of ``host``, in a daemon thread (tests, benchmarks,
+    a server inside another program). ``url`` is where it listens; :meth:`stop` ends it."""
+
+    def __init__(self, app, host: str = "127.0.0.1", start_timeout: float = 20.0, **config):
+        import socket
+        import threading
+        import time
+
+        import uvicorn
+
+        # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY only on sockets that say so, and without it
+        # every response on a kept-alive connection waits ~40 ms for a delayed ACK.
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+        sock.bind((host, 0))
+        self.host, self.port = host, sock.getsockname()[1]
+        self.secure = "ssl_certfile" in config
+        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", **config))
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]}, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + start_timeout
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError(f"the server did not start on {host}:{self.port}")
+            time.sleep(0.02)
+
+    @property
+    def url(self) -> str:
+        return f"{'https' if self.secure else 'http'}://{self.host}:{self.port}"
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)

@@ -396,9 +396,10 @@ class KA2ERSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.serverTokenLineEdit.enabled = source == 2
 
     def onLoadModel(self):
+        remote = self.ui.modelSourceComboBox.currentIndex == 2
         try:
-            if not self.logic.installer.ensure():
-                self.onError("KA2ER Segment needs torch and MONAI; nothing was installed")
+            if not self.logic.installer.ensure(model=not remote):
+                self.onError("KA2ER Segment needs more Python packages; nothing was installed")
                 return
         except RuntimeError as error:
             self.onError(str(error))

@@ -246,6 +246,18 @@ def test_dependencies_are_installed_once_with_consent(slicer, monkeypatch):
     assert installed == ["ka2er-not-installed>=1"]  # only what is missing
 
 
+def test_a_server_session_does_not_ask_for_torch(slicer, monkeypatch):
+    from KA2ERSegmentLib import dependencies
+
+    find_spec = dependencies.importlib.util.find_spec
+    monkeypatch.setattr(dependencies.importlib.util, "find_spec",
+                        lambda name: None if name in ("torch", "monai") else find_spec(name))
+    asked = []
+    installer = dependencies.DependencyInstaller(lambda text: asked.append(text) or False, print)
+    assert installer.ensure(model=False) is True and asked == []
+    assert installer.ensure() is False and "torch" in asked[0] and "monai" in asked[0]
+
+
 def test_the_module_requires_what_pyproject_requires():
     sys.path.insert(0, str(MODULE))
     try:
@@ -289,3 +301,53 @@ def test_a_misspelled_slicer_method_in_the_module_fails_these_tests(slicer, tmp_
         assert len(errors) == 1 and misspelled in errors[0]  # ... or reported (the write)
     finally:
         logic.worker.stop()
+
+
+def test_server_mode_gives_the_local_segment_and_clear_errors(slicer):
+    """The Logic against a real ``ka2er serve`` on loopback: the same clicks write the same segment as
+    the local model; a wrong token and a stopped server each give one clear message."""
+    from ka2er_core import load_bundle
+    from ka2er_core.server.app import create_app
+    from ka2er_core.server.serve import BackgroundServer
+
+    token = "token-for-the-slicer-logic-test"
+    server = BackgroundServer(create_app(load_bundle(), token, device="cpu"))
+    module = importlib.import_module("KA2ERSegment")
+    segments = {}
+    try:
+        for source in ("", server.url):
+            logic = module.KA2ERSegmentLogic()
+            logic.errors = []
+            logic.onError = logic.errors.append
+            logic.loadModel(source, token=token, device="cpu")
+            volume, _, ball, centre = oblique_ball_volume(slicer)
+            logic.setVolume(volume)
+            segment_id = logic.setTarget("")
+            positive, negative, _ = logic.promptNodes()
+            click(logic, positive, centre)
+            click(logic, negative, centre + np.array([0.0, 0.0, 12.0]), positive=False)
+            logic.undo()
+            logic.worker.wait()
+            segments[source] = segment_array(logic, segment_id)
+            assert logic.errors == [] and segments[source].any()
+            logic.worker.stop()
+        np.testing.assert_array_equal(segments[server.url], segments[""])
+
+        logic = module.KA2ERSegmentLogic()
+        logic.errors = []
+        logic.onError = logic.errors.append
+        logic.setVolume(oblique_ball_volume(slicer)[0])
+        logic.loadModel(server.url, token="wrong-token-for-this-server", device="cpu")
+        logic.worker.wait()
+        assert len(logic.errors) == 1 and "refused the token" in logic.errors[0]
+        logic.worker.stop()
+    finally:
+        server.stop()
+    logic = module.KA2ERSegmentLogic()
+    logic.errors = []
+    logic.onError = logic.errors.append
+    logic.setVolume(oblique_ball_volume(slicer)[0])
+    logic.loadModel(server.url, token=token, device="cpu")
+    logic.worker.wait()
+    assert len(logic.errors) == 1 and logic.errors[0].startswith("server unreachable")
+    logic.worker.stop()

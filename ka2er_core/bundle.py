@@ -3,7 +3,12 @@
 ``bundle.json`` records the format version, the kind (student | moe | expert), the architecture
 config, labels, base and maximum crop spacing, normalisation, training summary, measured metrics and
 a sha256 of every weight file, checked at load. No pickle is ever read. A member is a promptable
-:class:`Segmenter` or a task :class:`Expert` (``"architecture": {"type": "expert", "plan": ...}``).
+:class:`Segmenter` (our model, or SAM-Med3D's with ``"architecture": {"type": "sam_med3d", ...}``) or
+a task :class:`Expert` (``"architecture": {"type": "expert", "plan": ...}``, plus ``"variant":
+"nnunet"`` for an imported nnU-Net, whose decoder differs: see :mod:`ka2er_core.importers.nnunet`).
+:func:`build_module` builds a member's bare model from its ``"architecture"`` entry (for the loader
+and ``ka2er bundle export``); :func:`architecture_config` checks the entry without building it (for
+``ka2er bundle inspect``).
 
 A ``moe`` bundle (SAM-Med3D-MoE) holds the general promptable model, task-tuned copies of it and a
 :class:`~ka2er_core.modeling.gate.Gate` (``"gate"``: its config, threshold included, and weights).
@@ -31,11 +36,16 @@ from .modeling.normalization import Normalization
 from .io.atomic import atomic_write
 from .modeling import ExpertPlan, ModelConfig, PlanError, PromptableSegmenter, TaskExpert
 from .modeling.gate import Gate
+from .modeling.sam_med3d import TYPE as SAM_MED3D, SamMed3D, SamMed3DConfig
 
 FORMAT_VERSION = 1
 DEFAULT_BUNDLE = Path(__file__).parent / "bundles" / "demo"
 GATE_WEIGHTS = "gate"
 """File stem of a moe bundle's gate weights (no member may take this name)."""
+EXPERT = "expert"
+"""``"type"`` of a task expert's architecture entry (a promptable model of ours has none)."""
+EXPERT_VARIANTS = (None, "nnunet")
+"""``"variant"`` values of an expert's architecture entry: none (our TaskExpert) or an imported nnU-Net."""
 
 
 class BundleError(Ka2erError):
@@ -123,13 +133,24 @@ class Bundle:
         return next(iter(self.members.values()))
 
 
+def member_architecture(member: Member) -> dict[str, Any]:
+    """The ``"architecture"`` entry of a member (what :func:`build_module` builds it from): its
+    model's config, or ``{"type": "expert", "plan": ...}`` plus the expert model's ``variant``, if any."""
+    if isinstance(member, Expert):
+        architecture = {"type": EXPERT, "plan": member.plan.to_dict()}
+        if getattr(member.model, "variant", None):
+            architecture["variant"] = member.model.variant
+        return architecture
+    return member.model.config.to_dict()
+
+
 def member_entry(member: Member, weights: str) -> dict[str, Any]:
     """The ``bundle.json`` entry of a member: promptable models keep the original layout; experts
-    have ``"architecture": {"type": "expert", "plan": ...}``."""
+    have ``"architecture": {"type": "expert", "plan": ...}`` (and their model's ``variant``, if any)."""
     if isinstance(member, Expert):
-        return {"weights": weights, "architecture": {"type": "expert", "plan": member.plan.to_dict()}}
+        return {"weights": weights, "architecture": member_architecture(member)}
     return {"weights": weights,
-            "architecture": member.model.config.to_dict(),
+            "architecture": member_architecture(member),
             "normalization": member.normalization.to_dict(),
             "base_spacing": member.base_spacing,
             "max_spacing": member.max_spacing}
@@ -190,7 +211,7 @@ def check_shared_settings(entries: Mapping[str, dict], manifest: Optional[Path])
     names the first member and field that differ."""
     (general_name, general), *others = entries.items()
     for name, entry in entries.items():
-        if entry["architecture"].get("type") == "expert":
+        if entry["architecture"].get("type") == EXPERT:
             raise BundleError("a moe bundle's members must be promptable models, not task experts",
                               path=manifest, field=f"members.{name}.architecture")
     for name, entry in others:
@@ -204,17 +225,63 @@ def check_shared_settings(entries: Mapping[str, dict], manifest: Optional[Path])
                               field=f"members.{name}.architecture.crop_size")
 
 
-def expert_member(name: str, plan: Any, weights: Path, manifest: Path,
-                  device: Union[str, torch.device]) -> Expert:
-    """An expert member from its plan (as in ``bundle.json``) and its checked weight file."""
+Config = Union[ModelConfig, SamMed3DConfig, ExpertPlan]
+
+
+def architecture_config(architecture: Any, *, path: Optional[Path] = None,
+                        field: str = "architecture") -> Config:
+    """The config a member's ``"architecture"`` entry (``bundle.json``'s) describes, checked, no model
+    built: a :class:`ModelConfig` (our promptable model), :class:`SamMed3DConfig` (``"type":
+    "sam_med3d"``) or :class:`ExpertPlan` (``"type": "expert"``, its ``"variant"`` checked too). A
+    :class:`BundleError` names ``path`` and the ``field`` (the entry's own name, ``"architecture"``
+    unless given) of the first problem."""
+    if not isinstance(architecture, Mapping):
+        raise BundleError(f"expected an object, found {architecture!r}", path=path, field=field)
+    kind = architecture.get("type")
+    if kind not in (None, EXPERT, SAM_MED3D):
+        raise BundleError(f"unknown member type {kind!r}; known: {EXPERT!r}, {SAM_MED3D!r} or none (a "
+                          "promptable model of ours)", path=path, field=f"{field}.type")
+    if kind == EXPERT:
+        if architecture.get("variant") not in EXPERT_VARIANTS:
+            raise BundleError(f"unknown expert variant {architecture.get('variant')!r}", path=path,
+                              field=f"{field}.variant")
+        try:
+            return ExpertPlan.from_dict(architecture.get("plan"))
+        except PlanError as err:
+            raise BundleError(err.problem, path=path, field=f"{field}.plan"
+                              + (f".{err.field}" if err.field else "")) from None
     try:
-        plan = ExpertPlan.from_dict(plan)
-    except PlanError as err:
-        where = f"members.{name}.architecture.plan" + (f".{err.field}" if err.field else "")
-        raise BundleError(err.problem, path=manifest, field=where) from None
-    model = TaskExpert(plan)
-    model.load_state_dict(load_file(str(weights)))
-    return Expert(name, model.to(device).eval())
+        if kind == SAM_MED3D:
+            return SamMed3DConfig.from_dict(dict(architecture))
+        return ModelConfig.from_dict(dict(architecture))
+    except (TypeError, ValueError) as err:
+        raise BundleError(str(err), path=path, field=field) from None
+
+
+def build_module(architecture: Any, *, path: Optional[Path] = None, field: str = "architecture"
+                 ) -> torch.nn.Module:
+    """The bare model (random weights, train mode, on the CPU) of a member's ``"architecture"`` entry:
+    a :class:`PromptableSegmenter`, a :class:`SamMed3D`, a :class:`TaskExpert` or, for ``"variant":
+    "nnunet"``, an :class:`~ka2er_core.importers.nnunet.NnUNetExpert`, whose state dict is the one
+    the member's weight file holds. Errors as :func:`architecture_config`."""
+    config = architecture_config(architecture, path=path, field=field)
+    if isinstance(config, ExpertPlan):
+        if architecture.get("variant") == "nnunet":
+            from .importers.nnunet import NnUNetExpert  # imports this module
+
+            return NnUNetExpert(config)
+        return TaskExpert(config)
+    if isinstance(config, SamMed3DConfig):
+        return SamMed3D(config)
+    return PromptableSegmenter(config)
+
+
+def manifest_of(path: Path) -> Path:
+    """``bundle.json`` of the bundle folder ``path``; a :class:`BundleError` names ``path`` when it is a
+    file (a weight file or ``bundle.json`` itself, say) rather than a folder."""
+    if path.exists() and not path.is_dir():
+        raise BundleError("expected a bundle folder with bundle.json, got a file", path=path)
+    return path / "bundle.json"
 
 
 def checked_weights(path: Path, meta: dict[str, Any], name: str) -> Path:
@@ -234,13 +301,13 @@ def load_member(path: Path, meta: dict[str, Any], name: str, device: Union[str, 
     """Member ``name`` of the bundle at ``path`` (its weights' sha256 checked), in eval mode."""
     member = meta["members"][name]
     weights = checked_weights(path, meta, member["weights"])
-    architecture = member["architecture"]
-    if architecture.get("type") == "expert":
-        return expert_member(name, architecture.get("plan"), weights, path / "bundle.json", device)
-    config = ModelConfig.from_dict(architecture)
-    model = PromptableSegmenter(config)
+    model = build_module(member["architecture"], path=path / "bundle.json",
+                         field=f"members.{name}.architecture")
     model.load_state_dict(load_file(str(weights)))
-    return Segmenter(name, model.to(device).eval(), Normalization(**member["normalization"]),
+    model = model.to(device).eval()
+    if isinstance(model, TaskExpert):
+        return Expert(name, model)
+    return Segmenter(name, model, Normalization(**member["normalization"]),
                      float(member["base_spacing"]), float(member["max_spacing"]))
 
 
@@ -263,12 +330,14 @@ def load_bundle(path: Union[str, os.PathLike, None] = None, device: Union[str, t
     A moe bundle's members are loaded on first use (``bundle.members`` is :class:`LazyMembers`).
     """
     path = Path(path) if path is not None else DEFAULT_BUNDLE
-    manifest = path / "bundle.json"
+    manifest = manifest_of(path)
     try:
         meta = json.loads(manifest.read_text())
     except FileNotFoundError:
         raise UnreadableFileError("not a bundle: no bundle.json", path=path) from None
-    except json.JSONDecodeError as err:
+    except OSError as err:
+        raise UnreadableFileError(f"unreadable ({err.strerror or err})", path=manifest) from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise BundleError(f"invalid JSON ({err})", path=manifest) from None
     if meta.get("format_version") != FORMAT_VERSION:
         raise BundleError(f"format_version {meta.get('format_version')!r}, expected {FORMAT_VERSION}",

@@ -1,6 +1,7 @@
 """What a bundle holds, read from ``bundle.json`` and the weight files' headers (no model is built).
 
-:func:`inspect_bundle` returns a JSON-able report: kind, labels, per member its architecture,
+:func:`inspect_bundle` returns a JSON-able report: kind, labels, per member its type ("promptable",
+"sam_med3d" or "expert", with ``"variant": "nnunet"`` for an imported nnU-Net), architecture,
 spacings, crop or plan, normalisation, parameter count (tensor values in its weight file, buffers
 included) and weight file (size, sha256 status against ``bundle.json``); a moe bundle's gate; the
 training summary and the measured metrics. :func:`format_report` renders it as text and
@@ -17,9 +18,11 @@ from typing import Any, Union
 
 from safetensors import SafetensorError, safe_open
 
-from .bundle import FORMAT_VERSION, BundleError, check_shared_settings, sha256
+from .bundle import (EXPERT, FORMAT_VERSION, BundleError, architecture_config, check_shared_settings,
+                     manifest_of, sha256)
 from .errors import UnreadableFileError
-from .modeling import ExpertPlan, ModelConfig, PlanError
+from .modeling import ExpertPlan
+from .modeling.sam_med3d import TYPE as SAM_MED3D, SamMed3DConfig
 
 MISSING, CHANGED, NOT_RECORDED, OK = "missing", "changed", "not recorded", "ok"
 LONGEST_LIST = 8
@@ -30,13 +33,13 @@ def read_manifest(path: Path) -> dict[str, Any]:
     """``bundle.json`` of the bundle folder ``path``, its format version and members checked."""
     if not path.exists():
         raise UnreadableFileError("no such bundle folder", path=path)
-    if not path.is_dir():
-        raise UnreadableFileError("not a bundle: a bundle is a folder with bundle.json", path=path)
-    manifest = path / "bundle.json"
+    manifest = manifest_of(path)
     try:
         meta = json.loads(manifest.read_text())
     except FileNotFoundError:
         raise UnreadableFileError("not a bundle: no bundle.json", path=path) from None
+    except OSError as err:
+        raise UnreadableFileError(f"unreadable ({err.strerror or err})", path=manifest) from None
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise BundleError(f"invalid JSON ({err})", path=manifest) from None
     if not isinstance(meta, dict) or meta.get("format_version") != FORMAT_VERSION:
@@ -75,29 +78,24 @@ def weight_file(path: Path, meta: dict[str, Any], name: str) -> dict[str, Any]:
 
 
 def member_report(path: Path, meta: dict[str, Any], name: str) -> dict[str, Any]:
-    """One member: a promptable model (architecture, spacings, crop, normalisation) or a task expert
-    (its plan), with its parameter count and weight file."""
+    """One member: a promptable model, ours or SAM-Med3D's (architecture, spacings, crop,
+    normalisation), or a task expert (its plan, and its variant if imported), with its parameter count
+    and weight file. The architecture is checked as the loader checks it, without building the model."""
     entry = meta["members"][name]
     manifest = path / "bundle.json"
     architecture = entry["architecture"]
+    config = architecture_config(architecture, path=manifest, field=f"members.{name}.architecture")
     weights = weight_file(path, meta, entry["weights"])
     parameters = weights.pop("parameters")
-    if architecture.get("type") == "expert":
-        try:
-            plan = ExpertPlan.from_dict(architecture.get("plan"))
-        except PlanError as err:
-            where = f"members.{name}.architecture.plan" + (f".{err.field}" if err.field else "")
-            raise BundleError(err.problem, path=manifest, field=where) from None
-        return {"type": "expert", "plan": plan.to_dict(), "parameters": parameters,
+    if isinstance(config, ExpertPlan):
+        variant = {"variant": architecture["variant"]} if architecture.get("variant") else {}
+        return {"type": EXPERT, **variant, "plan": config.to_dict(), "parameters": parameters,
                 "weights": weights}
-    try:
-        config = ModelConfig.from_dict(architecture)
-    except (TypeError, ValueError) as err:
-        raise BundleError(str(err), path=manifest, field=f"members.{name}.architecture") from None
     for key in ("normalization", "base_spacing", "max_spacing"):
         if key not in entry:
             raise BundleError("required field is missing", path=manifest, field=f"members.{name}.{key}")
-    return {"type": "promptable", "architecture": config.to_dict(), "crop_size": config.crop_size,
+    kind = SAM_MED3D if isinstance(config, SamMed3DConfig) else "promptable"
+    return {"type": kind, "architecture": config.to_dict(), "crop_size": config.crop_size,
             "base_spacing": entry["base_spacing"], "max_spacing": entry["max_spacing"],
             "normalization": entry["normalization"], "parameters": parameters, "weights": weights}
 
@@ -193,23 +191,41 @@ def describe_parameters(parameters: int | None) -> str:
     return f"{parameters:,} (all tensors in the weight file)"
 
 
+def expert_architecture(member: dict[str, Any]) -> str:
+    plan = member["plan"]
+    stages = f"{len(plan['filters'])} stages, filters {'-'.join(map(str, plan['filters']))}"
+    if member.get("variant") == "nnunet":
+        return (f"expert imported from nnU-Net v2 (its PlainConvUNet as a MONAI DynUNet with "
+                f"nnU-Net's decoder, {stages})")
+    return f"expert (MONAI DynUNet, {stages})"
+
+
+def promptable_architecture(member: dict[str, Any]) -> str:
+    arch = member["architecture"]
+    if member["type"] == SAM_MED3D:
+        tokens = arch["crop_size"] // arch["patch_size"]
+        return (f"SAM-Med3D (ViT encoder {arch['encoder_dim']} wide, {arch['encoder_depth']} blocks, "
+                f"{arch['encoder_heads']} heads, {arch['patch_size']}^3-voxel patches, {tokens}^3 "
+                f"tokens; prompt and decoder width {arch['dim']}, {arch['decoder_depth']} decoder "
+                "layers; points only, no boxes)")
+    return (f"promptable (Swin encoder {arch['encoder_embed_dim']} wide, depths "
+            f"{'-'.join(map(str, arch['encoder_depths']))}; prompt and decoder width "
+            f"{arch['dim']}, {arch['decoder_depth']} decoder layers)")
+
+
 def member_lines(name: str, member: dict[str, Any]) -> list[str]:
     lines = [f"member {name}"]
-    if member["type"] == "expert":
+    if member["type"] == EXPERT:
         plan = member["plan"]
         labels = ", ".join(f"{label} = {value}" for label, value in plan["labels"].items())
-        lines += [f"  architecture   expert (MONAI DynUNet, {len(plan['filters'])} stages, filters "
-                  f"{'-'.join(map(str, plan['filters']))})",
+        lines += [f"  architecture   {expert_architecture(member)}",
                   f"  task           {plan['task']}",
                   f"  labels         {labels}",
                   f"  spacing        {' x '.join(map(number, plan['spacing']))} mm (i j k)",
                   f"  patch          {' x '.join(map(str, plan['patch_size']))} voxels (k j i)",
                   f"  normalisation  {describe_normalization(plan['normalization'])}"]
     else:
-        arch = member["architecture"]
-        lines += [f"  architecture   promptable (Swin encoder {arch['encoder_embed_dim']} wide, depths "
-                  f"{'-'.join(map(str, arch['encoder_depths']))}; prompt and decoder width "
-                  f"{arch['dim']}, {arch['decoder_depth']} decoder layers)",
+        lines += [f"  architecture   {promptable_architecture(member)}",
                   f"  spacing        {number(member['base_spacing'])} mm base, "
                   f"{number(member['max_spacing'])} mm max",
                   f"  crop           {member['crop_size']}^3 voxels",

@@ -24,9 +24,15 @@ REQUIREMENTS = {  # import name -> pip requirement; kept equal to pyproject.toml
 }
 
 
-def missing_packages() -> list[str]:
-    """Import names from :data:`REQUIREMENTS` that this Python cannot import."""
-    return [name for name in REQUIREMENTS if importlib.util.find_spec(name) is None]
+MODEL_ONLY = {"torch", "monai", "einops", "safetensors"}
+"""Needed to run a model in Slicer, not to use a server (its client is numpy and the standard library)."""
+
+
+def missing_packages(model: bool = True) -> list[str]:
+    """Import names from :data:`REQUIREMENTS` that this Python cannot import (``model`` False: only
+    what the server client needs)."""
+    return [name for name in REQUIREMENTS if (model or name not in MODEL_ONLY)
+            and importlib.util.find_spec(name) is None]
 
 
 class DependencyInstaller:
@@ -37,9 +43,10 @@ class DependencyInstaller:
         self.confirm, self.pip_install, self.install_torch = confirm, pip_install, install_torch
         self.declined = False
 
-    def ensure(self) -> bool:
-        """True when everything imports (after installing with consent); False if the user said no."""
-        missing = missing_packages()
+    def ensure(self, model: bool = True) -> bool:
+        """True when everything imports (after installing with consent); False if the user said no.
+        ``model`` False: only what a server session needs (no torch)."""
+        missing = missing_packages(model)
         if not missing:
             return True
         if self.declined:
@@ -58,7 +65,7 @@ class DependencyInstaller:
         if rest:
             self.pip_install(" ".join(rest))
         importlib.invalidate_caches()
-        still = missing_packages()
+        still = missing_packages(model)
         if still:
             raise RuntimeError(f"still missing after installing: {', '.join(still)}")
         return True

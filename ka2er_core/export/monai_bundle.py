@@ -2,8 +2,8 @@
 
 The folder holds ``configs/metadata.json`` (MONAI's metadata fields, plus a ``ka2er`` section with
 the original ``bundle.json``), ``configs/inference.json`` (``network_def`` instantiates the model
-through :func:`promptable_network` or :func:`task_expert_network`, so ``ka2er_core`` must be
-importable), ``models/model.pt`` (the state dict, ``torch.save``), ``models/model.safetensors`` and
+through :func:`promptable_network`, :func:`sam_med3d_network` or :func:`task_expert_network`, which
+build it as the bundle loader does, so ``ka2er_core`` must be importable), ``models/model.pt`` (the state dict, ``torch.save``), ``models/model.safetensors`` and
 ``docs/README.md`` (the bundle's model card, when it has one). It appears whole or not at all.
 """
 
@@ -24,17 +24,20 @@ import torch
 from safetensors.torch import save_file
 
 from .. import __version__
-from ..bundle import Bundle, Expert, Member, Segmenter, load_bundle
+from ..bundle import (EXPERT, Bundle, Expert, Member, Segmenter, build_module, load_bundle,
+                      member_architecture)
 from ..errors import Ka2erError
-from ..modeling import ExpertPlan, ModelConfig, PromptableSegmenter, TaskExpert
+from ..modeling import ExpertPlan, PromptableSegmenter, TaskExpert
+from ..modeling.sam_med3d import TYPE as SAM_MED3D, SamMed3D
 from ..modeling.prompt_encoder import (BOX_HIGH, BOX_LOW, FLAT_BOX_HIGH, FLAT_BOX_LOW, NEGATIVE, PAD,
                                        POSITIVE)
 
 MODEL_VERSION = "1.0.0"
-PROMPT_KINDS = {PAD: "padding (no prompt)", NEGATIVE: "negative point", POSITIVE: "positive point",
-                BOX_LOW: "3D box, low corner", BOX_HIGH: "3D box, high corner",
+POINT_KINDS = {PAD: "padding (no prompt)", NEGATIVE: "negative point", POSITIVE: "positive point"}
+PROMPT_KINDS = {**POINT_KINDS, BOX_LOW: "3D box, low corner", BOX_HIGH: "3D box, high corner",
                 FLAT_BOX_LOW: "2D box (one slice thick), low corner",
                 FLAT_BOX_HIGH: "2D box (one slice thick), high corner"}
+"""Prompt kinds our promptable model reads; SAM-Med3D reads :data:`POINT_KINDS` only."""
 
 
 class ExportError(Ka2erError):
@@ -44,13 +47,38 @@ class ExportError(Ka2erError):
 def promptable_network(architecture: dict[str, Any]) -> PromptableSegmenter:
     """The promptable model of an architecture dict (``bundle.json``'s), random weights: the
     ``network_def`` factory of exported promptable models."""
-    return PromptableSegmenter(ModelConfig.from_dict(architecture))
+    if architecture.get("type") is not None:
+        raise ExportError(f"not a promptable model of ours (type {architecture.get('type')!r})",
+                          field="architecture.type")
+    return build_module(architecture)
 
 
-def task_expert_network(plan: dict[str, Any]) -> TaskExpert:
+def sam_med3d_network(architecture: dict[str, Any]) -> SamMed3D:
+    """SAM-Med3D of an architecture dict (``bundle.json``'s, ``"type": "sam_med3d"``), random
+    weights: the ``network_def`` factory of exported SAM-Med3D models."""
+    if architecture.get("type") != SAM_MED3D:
+        raise ExportError(f"not a SAM-Med3D architecture (type {architecture.get('type')!r})",
+                          field="architecture.type")
+    return build_module(architecture)
+
+
+def task_expert_network(plan: dict[str, Any], variant: Optional[str] = None) -> TaskExpert:
     """The task expert (MONAI DynUNet) of a plan dict, random weights: the ``network_def`` factory
-    of exported experts."""
-    return TaskExpert(ExpertPlan.from_dict(plan))
+    of exported experts; ``variant`` "nnunet" builds an imported nnU-Net's
+    (:class:`~ka2er_core.importers.nnunet.NnUNetExpert`), whose state dict differs."""
+    architecture = {"type": EXPERT, "plan": plan, **({"variant": variant} if variant else {})}
+    return build_module(architecture)
+
+
+def network_def(architecture: dict[str, Any]) -> dict[str, Any]:
+    """``network_def`` of ``configs/inference.json`` for a member's architecture entry."""
+    kind = architecture.get("type")
+    if kind == EXPERT:
+        variant = {"variant": architecture["variant"]} if architecture.get("variant") else {}
+        return {"_target_": f"{__name__}.task_expert_network", "plan": architecture["plan"],
+                **variant}
+    factory = "sam_med3d_network" if kind == SAM_MED3D else "promptable_network"
+    return {"_target_": f"{__name__}.{factory}", "architecture": architecture}
 
 
 def modality(normalization: dict[str, Any]) -> str:
@@ -76,10 +104,12 @@ def image_input(normalization: dict[str, Any], channels: int, shape: list, grid:
 
 
 def promptable_data_format(member: Segmenter) -> dict[str, Any]:
-    """Inputs and outputs of ``PromptableSegmenter.forward(image, coords, labels, mask=None)``."""
+    """Inputs and outputs of ``forward(image, coords, labels, mask=None)``, the same for our
+    :class:`PromptableSegmenter` and :class:`SamMed3D` but for the prompt kinds."""
     crop = member.crop_size
     shape = [crop, crop, crop]
     normalization = member.normalization.to_dict()
+    kinds = POINT_KINDS if isinstance(member.model, SamMed3D) else PROMPT_KINDS
     return {
         "inputs": {
             "image": image_input(normalization, member.model.config.in_channels, shape,
@@ -90,9 +120,9 @@ def promptable_data_format(member: Segmenter) -> dict[str, Any]:
                        "is_patch_data": False,
                        "channel_def": {"0": "i (crop voxel)", "1": "j", "2": "k"}},
             "labels": {"type": "tuples", "format": "indices", "modality": "n/a", "num_channels": 1,
-                       "spatial_shape": ["*"], "dtype": "int64", "value_range": [PAD, FLAT_BOX_HIGH],
+                       "spatial_shape": ["*"], "dtype": "int64", "value_range": [min(kinds), max(kinds)],
                        "is_patch_data": False,
-                       "channel_def": {str(kind): text for kind, text in PROMPT_KINDS.items()}},
+                       "channel_def": {str(kind): text for kind, text in kinds.items()}},
             "mask": {"type": "image", "format": "magnitude", "modality": "n/a", "num_channels": 1,
                      "spatial_shape": shape, "dtype": "float32", "value_range": [0, 1],
                      "is_patch_data": True,
@@ -126,11 +156,26 @@ def metadata(bundle: Bundle, name: str) -> dict[str, Any]:
     if isinstance(member, Expert):
         plan = member.plan
         task = f"Automatic 3D segmentation of {', '.join(plan.labels)} ({plan.task})"
-        description = (f"KA2ER Segment task expert {name!r}: an nnU-Net-style MONAI DynUNet "
+        network = ("an nnU-Net v2 model imported into ka2er (its PlainConvUNet as a MONAI DynUNet with "
+                   "nnU-Net's decoder)" if getattr(member.model, "variant", None) == "nnunet" else
+                   "an nnU-Net-style MONAI DynUNet")
+        description = (f"KA2ER Segment task expert {name!r}: {network} "
                        f"planned for {plan.task}, patches of {plan.patch_size} voxels (k, j, i) at "
                        f"{plan.spacing} mm (i, j, k). Sliding windows as configs/inference.json "
                        "'inferer'; softmax over the channels gives the labels.")
         data_format = expert_data_format(plan)
+    elif isinstance(member.model, SamMed3D):
+        config = member.model.config
+        task = f"Interactive prompt-based 3D segmentation (points) of {labels}"
+        description = (f"SAM-Med3D (uni-medical/SAM-Med3D) imported into KA2ER Segment as member "
+                       f"{name!r}: ViT image encoder ({config.encoder_dim} wide, "
+                       f"{config.encoder_depth} blocks), prompt encoder for points and a previous "
+                       f"mask (no boxes), two-way mask decoder, on {member.crop_size}^3 crops at "
+                       f"{member.base_spacing} to {member.max_spacing} mm. Crops are (k, j, i) "
+                       "arrays and prompts crop-voxel coordinates (i, j, k), transposed to "
+                       "SAM-Med3D's (x, y, z) inside the model; ka2er_core converts RAS prompts, "
+                       "crops, resamples and normalises.")
+        data_format = promptable_data_format(member)
     else:
         task = f"Interactive prompt-based 3D segmentation (points and boxes) of {labels}"
         description = (f"KA2ER Segment promptable model {name!r} from a {bundle.kind!r} bundle: "
@@ -163,14 +208,11 @@ def inference_config(member: Member) -> dict[str, Any]:
     """``configs/inference.json``: the network (``network_def``), its weights and the settings."""
     if isinstance(member, Expert):
         plan = member.plan
-        network_def = {"_target_": f"{__name__}.task_expert_network", "plan": plan.to_dict()}
         settings = {"spacing": list(plan.spacing), "labels": plan.labels,
                     "normalization": plan.normalization,
                     "inferer": {"_target_": "SlidingWindowInferer", "roi_size": list(plan.patch_size),
                                 "sw_batch_size": 1, "overlap": 0.5, "mode": "gaussian"}}
     else:
-        network_def = {"_target_": f"{__name__}.promptable_network",
-                       "architecture": member.model.config.to_dict()}
         settings = {"crop_size": member.crop_size, "base_spacing": member.base_spacing,
                     "max_spacing": member.max_spacing,
                     "normalization": member.normalization.to_dict()}
@@ -179,7 +221,7 @@ def inference_config(member: Member) -> dict[str, Any]:
             "device": "$torch.device('cuda' if torch.cuda.is_available() else 'cpu')",
             "ckpt_path": "$@bundle_root + '/models/model.pt'",
             **settings,
-            "network_def": network_def,
+            "network_def": network_def(member_architecture(member)),
             "network": "$@network_def.to(@device)",
             "initialize": ["$@network.load_state_dict(torch.load(@ckpt_path, map_location=@device, "
                            "weights_only=True))", "$@network.eval()"]}

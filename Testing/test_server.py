@@ -396,3 +396,63 @@ def test_ka2er_serve_starts_from_the_command_line_and_refuses_without_a_token(tm
     finally:
         process.terminate()
         process.wait(20)
+
+
+def test_sessions_expire_when_idle_and_the_least_recently_used_go_first():
+    from ka2er_core.server.sessions import SessionGone, SessionStore
+
+    now = [0.0]
+    store = SessionStore(max_sessions=3, max_bytes=1000, idle_seconds=60, clock=lambda: now[0])
+    a, b, c = (store.add(object(), 100) for _ in range(3))
+    now[0] = 30
+    store.get(a)  # a is now the most recently used
+    d = store.add(object(), 100)  # a 4th session: b (least recently used) goes
+    with pytest.raises(SessionGone):
+        store.get(b)
+    store.update(d, 850)  # d grew: 100 + 100 + 850 > 1000, so c goes (a was used later)
+    with pytest.raises(SessionGone):
+        store.get(c)
+    assert store.nbytes <= 1000 and store.evicted == 2
+    now[0] = 100  # a was last used at 30, d at 30: both idle for 70 s > 60 s
+    with pytest.raises(SessionGone):
+        store.get(a)
+    assert len(store) == 0 and store.peak_sessions == 3
+
+
+def test_the_http_layer_answers_while_the_model_works(server):
+    """A first click on a larger volume keeps the model thread busy for a while; /health meanwhile
+    answers at once (the event loop never waits on the model)."""
+    import threading
+    import time
+
+    subject = ct_phantom(TEST_SEEDS[2], shape=(64, 96, 96), spacing=(2.0, 2.0, 3.0))
+    remote = RemoteSession(server.url, token=TOKEN)
+    remote.set_image(subject.image)
+    click = threading.Thread(target=remote.add_point, args=(clicks_on(subject, "liver", 1)[0],))
+    start = time.perf_counter()
+    click.start()
+    time.sleep(0.05)
+    health = []
+    while click.is_alive():
+        t = time.perf_counter()
+        assert server.raw("GET", "/health", token=None)[0] == 200
+        health.append(time.perf_counter() - t)
+        time.sleep(0.05)  # within the per-client rate limit
+    click.join()
+    busy = time.perf_counter() - start
+    assert busy > 0.2 and len(health) >= 2 and max(health) < 0.1, (busy, health)
+
+
+def test_a_client_over_the_rate_limit_gets_429_with_retry_after(bundle):
+    live = LiveServer(create_app(bundle, TOKEN, Limits(rate_per_second=0.5, rate_burst=3), device="cpu"))
+    try:
+        connection = http.client.HTTPConnection("127.0.0.1", live.port, timeout=10)
+        statuses = []
+        for _ in range(4):
+            connection.request("GET", "/health")
+            response = connection.getresponse()
+            response.read()
+            statuses.append(response.status)
+        assert statuses == [200, 200, 200, 429] and int(response.getheader("Retry-After")) >= 1
+    finally:
+        live.stop()

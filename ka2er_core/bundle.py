@@ -284,6 +284,34 @@ def manifest_of(path: Path) -> Path:
     return path / "bundle.json"
 
 
+def read_manifest(path: Path) -> dict[str, Any]:
+    """``bundle.json`` of the bundle folder ``path``, its format version and members checked."""
+    if not path.exists():
+        raise UnreadableFileError("no such bundle folder", path=path)
+    manifest = manifest_of(path)
+    try:
+        meta = json.loads(manifest.read_text())
+    except FileNotFoundError:
+        raise UnreadableFileError("not a bundle: no bundle.json", path=path) from None
+    except OSError as err:
+        raise UnreadableFileError(f"unreadable ({err.strerror or err})", path=manifest) from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise BundleError(f"invalid JSON ({err})", path=manifest) from None
+    if not isinstance(meta, dict) or meta.get("format_version") != FORMAT_VERSION:
+        found = meta.get("format_version") if isinstance(meta, dict) else None
+        raise BundleError(f"format_version {found!r}, expected {FORMAT_VERSION}", path=manifest,
+                          field="format_version")
+    members = meta.get("members")
+    if not isinstance(members, dict) or not members:
+        raise BundleError("no members", path=manifest, field="members")
+    for name, entry in members.items():
+        for key in ("weights", "architecture"):
+            if not isinstance(entry, dict) or key not in entry:
+                raise BundleError("required field is missing", path=manifest,
+                                  field=f"members.{name}.{key}")
+    return meta
+
+
 def checked_weights(path: Path, meta: dict[str, Any], name: str) -> Path:
     """The weight file ``name`` of the bundle at ``path``, once its sha256 matches ``bundle.json``."""
     weights = path / name
@@ -330,21 +358,9 @@ def load_bundle(path: Union[str, os.PathLike, None] = None, device: Union[str, t
     A moe bundle's members are loaded on first use (``bundle.members`` is :class:`LazyMembers`).
     """
     path = Path(path) if path is not None else DEFAULT_BUNDLE
-    manifest = manifest_of(path)
-    try:
-        meta = json.loads(manifest.read_text())
-    except FileNotFoundError:
-        raise UnreadableFileError("not a bundle: no bundle.json", path=path) from None
-    except OSError as err:
-        raise UnreadableFileError(f"unreadable ({err.strerror or err})", path=manifest) from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise BundleError(f"invalid JSON ({err})", path=manifest) from None
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise BundleError(f"format_version {meta.get('format_version')!r}, expected {FORMAT_VERSION}",
-                          path=manifest, field="format_version")
-    names = list(meta.get("members", {}))
-    if not names:
-        raise BundleError("no members", path=manifest, field="members")
+    meta = read_manifest(path)
+    manifest = path / "bundle.json"
+    names = list(meta["members"])
     kind = meta.get("kind", "student")
     if kind != "moe":
         members = {name: load_member(path, meta, name, device) for name in names}

@@ -18,43 +18,14 @@ from typing import Any, Union
 
 from safetensors import SafetensorError, safe_open
 
-from .bundle import (EXPERT, FORMAT_VERSION, BundleError, architecture_config, check_shared_settings,
-                     manifest_of, sha256)
-from .errors import UnreadableFileError
+from .bundle import (EXPERT, BundleError, architecture_config, check_shared_settings,
+                     read_manifest, sha256)
 from .modeling import ExpertPlan
 from .modeling.sam_med3d import TYPE as SAM_MED3D, SamMed3DConfig
 
 MISSING, CHANGED, NOT_RECORDED, OK = "missing", "changed", "not recorded", "ok"
 LONGEST_LIST = 8
 """Lists longer than this are shortened in the text report."""
-
-
-def read_manifest(path: Path) -> dict[str, Any]:
-    """``bundle.json`` of the bundle folder ``path``, its format version and members checked."""
-    if not path.exists():
-        raise UnreadableFileError("no such bundle folder", path=path)
-    manifest = manifest_of(path)
-    try:
-        meta = json.loads(manifest.read_text())
-    except FileNotFoundError:
-        raise UnreadableFileError("not a bundle: no bundle.json", path=path) from None
-    except OSError as err:
-        raise UnreadableFileError(f"unreadable ({err.strerror or err})", path=manifest) from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise BundleError(f"invalid JSON ({err})", path=manifest) from None
-    if not isinstance(meta, dict) or meta.get("format_version") != FORMAT_VERSION:
-        found = meta.get("format_version") if isinstance(meta, dict) else None
-        raise BundleError(f"format_version {found!r}, expected {FORMAT_VERSION}", path=manifest,
-                          field="format_version")
-    members = meta.get("members")
-    if not isinstance(members, dict) or not members:
-        raise BundleError("no members", path=manifest, field="members")
-    for name, entry in members.items():
-        for key in ("weights", "architecture"):
-            if not isinstance(entry, dict) or key not in entry:
-                raise BundleError("required field is missing", path=manifest,
-                                  field=f"members.{name}.{key}")
-    return meta
 
 
 def parameter_count(weights: Path) -> int | None:

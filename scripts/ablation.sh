@@ -2,12 +2,13 @@
 # KA2ER ablation (issue 5): task experts (automatic), plain multi-task fine-tuning and the KA2ER
 # student, on the sample tasks split by modality and sequence, evaluated on held-out seeds.
 # Both students start from the shipped general model and get the same budget (steps, batch, lr).
-# Usage: scripts/ablation.sh [WORK_DIR] [EXPERT_STEPS] [STUDENT_STEPS]
+# Usage: scripts/ablation.sh [WORK_DIR] [EXPERT_STEPS] [STUDENT_STEPS] [DISTILL_WEIGHT]
 #   (each stage resumes from its checkpoint if WORK_DIR already has one)
 set -euo pipefail
 work=${1:-ka2er-ablation}
 expert_steps=${2:-400}
 student_steps=${3:-500}
+distill_weight=${4:-1}
 root=$(cd "$(dirname "$0")/.." && pwd)
 tasks=(Dataset001_MNIT1 Dataset002_MNIT2like Dataset003_CTPhantom Dataset004_MRPhantom)
 
@@ -22,7 +23,8 @@ done
 common=(--init "$root/ka2er_core/bundles/demo" --steps "$student_steps" --batch-size 2 --lr 3e-4
         --base-spacing 1.5 --max-spacing 4.0 --seed 0)
 ka2er train "${datasets[@]}" --out "$work/multitask" "${common[@]}"
-ka2er amalgamate "${datasets[@]}" "${experts[@]}" --out "$work/ka2er" "${common[@]}"
+ka2er amalgamate "${datasets[@]}" "${experts[@]}" --out "$work/ka2er" "${common[@]}" \
+  --distill-weight "$distill_weight"
 
 bundles=()
 for task in "${tasks[@]}"; do bundles+=(--bundle "$work/experts/$task"); done

@@ -4,11 +4,11 @@ so the server client stays light)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Union
 
 import numpy as np
 
-from ..errors import PromptError
+from ..errors import GeometryMismatchError, PromptError
 from ..geometry import ras_to_ijk
 from ..volume import Volume
 
@@ -36,3 +36,17 @@ def check_point(volume: Volume, ras, what: str) -> np.ndarray:
         raise PromptError(f"{what} RAS {point.round(2).tolist()} is outside the image "
                           f"(voxel {ijk.round(1).tolist()}, size {volume.shape[::-1]})", field=what)
     return point
+
+
+def check_mask(volume: Volume, mask: Union[np.ndarray, Volume]) -> np.ndarray:
+    """``mask`` (an array (k, j, i) or a Volume) as uint8 0/1 on ``volume``'s grid, else
+    :class:`GeometryMismatchError`."""
+    if isinstance(mask, Volume):
+        if not mask.grid.same_as(volume.grid):
+            raise GeometryMismatchError("mask is on a different grid than the image",
+                                        path=mask.path, field="mask")
+        mask = mask.array
+    if tuple(mask.shape) != volume.shape:
+        raise GeometryMismatchError(f"mask shape {tuple(mask.shape)} differs from the image's "
+                                    f"{volume.shape} (k, j, i)", field="mask")
+    return (np.asarray(mask) != 0).astype(np.uint8)

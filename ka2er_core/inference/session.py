@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from ..bundle import Bundle, BundleError, Segmenter, load_bundle
-from ..errors import GeometryMismatchError, PromptError
+from ..errors import PromptError
 from ..geometry import foreground_bounds, ijk_box_to_ras, ras_to_ijk, resample
 from ..modeling.gate import route
 from ..modeling.prompt_encoder import (BOX_HIGH, BOX_LOW, FLAT_BOX_HIGH, FLAT_BOX_LOW, NEGATIVE,
@@ -28,7 +28,7 @@ from ..modeling.prompt_encoder import (BOX_HIGH, BOX_LOW, FLAT_BOX_HIGH, FLAT_BO
 from ..volume import Grid, Volume
 from .crops import (ZOOM_STEP, changed_cells, covers, plan_crop, region_slices, sample_logits,
                     touched_faces)
-from .result import Region, Result, check_point
+from .result import Region, Result, check_mask, check_point
 
 MAX_ZOOM_OUTS = 4
 CORRECTION_RADIUS = 0.25
@@ -173,16 +173,7 @@ class InteractiveSession:
 
     def set_mask(self, mask: Union[np.ndarray, Volume]) -> None:
         """Start from an existing mask (k, j, i): it becomes the previous-mask prompt and the undo base."""
-        volume = self._require_image()
-        if isinstance(mask, Volume):
-            if not mask.grid.same_as(volume.grid):
-                raise GeometryMismatchError("mask is on a different grid than the image",
-                                            path=mask.path, field="mask")
-            mask = mask.array
-        if tuple(mask.shape) != volume.shape:
-            raise GeometryMismatchError(f"mask shape {tuple(mask.shape)} differs from the image's "
-                                        f"{volume.shape} (k, j, i)", field="mask")
-        target = Target((np.asarray(mask) != 0).astype(np.uint8))
+        target = Target(check_mask(self._require_image(), mask))
         target.bounds = self._mask_bounds(target.mask, (slice(None),) * 3)
         self.targets[self.target_name] = target
 

@@ -22,8 +22,8 @@ from urllib.parse import quote, urlsplit
 
 import numpy as np
 
-from ..errors import GeometryMismatchError, Ka2erError, PromptError
-from ..inference.result import Region, Result, check_point
+from ..errors import Ka2erError, PromptError
+from ..inference.result import Region, Result, check_mask, check_point
 from ..volume import Volume
 from .wire import decode_region, encode_array, encode_volume
 
@@ -128,16 +128,7 @@ class RemoteSession:
         return self._prompt("boxes", {"corner_a": a.tolist(), "corner_b": b.tolist()})
 
     def set_mask(self, mask: Union[np.ndarray, Volume]) -> None:
-        volume = self._require_image()
-        if isinstance(mask, Volume):
-            if not mask.grid.same_as(volume.grid):
-                raise GeometryMismatchError("mask is on a different grid than the image",
-                                            path=mask.path, field="mask")
-            mask = mask.array
-        if tuple(mask.shape) != volume.shape:
-            raise GeometryMismatchError(f"mask shape {tuple(mask.shape)} differs from the image's "
-                                        f"{volume.shape} (k, j, i)", field="mask")
-        binary = (np.asarray(mask) != 0).astype(np.uint8)
+        binary = check_mask(self._require_image(), mask)
         self._call("PUT", "/mask", body=encode_array(binary), target=True)
         self._masks[self.target_name] = binary
         self._undo_depth[self.target_name] = 0

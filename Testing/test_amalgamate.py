@@ -165,5 +165,10 @@ def test_evaluate_compares_experts_and_students_in_one_table(tasks, tmp_path):
         automatic = row["dice"]["task experts"]
         assert len(automatic) == 2 and automatic[0] == automatic[1]  # at 1 and 3 prompts
     assert {run["first"] for run in saved["reports"]["task experts"]["runs"]} == {"automatic"}
-    assert "| task: target |" in (out / "comparison.md").read_text()
+    for task, by_method in comparison["task_means"].items():  # each task's mean over its targets
+        rows = [r for r in comparison["rows"] if r["task"] == task]
+        assert by_method["demo"] == pytest.approx(np.mean([r["dice"]["demo"] for r in rows], axis=0))
+    assert len(comparison["task_means"]) == 2
+    table = (out / "comparison.md").read_text()
+    assert "| task: target |" in table and table.count("| **mean, ") == 2
     assert (out / "comparison.png").stat().st_size > 0 and (out / "demo" / "report.json").exists()

@@ -181,12 +181,16 @@ def compare(reports: dict[str, dict], at: Optional[Sequence[int]] = None) -> dic
             rows.setdefault((row["task"], row["target"]), {})[method] = [
                 curve[min(n, len(curve)) - 1] for n in at]
     shared = [key for key, by_method in rows.items() if len(by_method) == len(reports)]
-    means = {method: [float(np.mean([rows[key][method][i] for key in shared])) if shared else None
-                      for i in range(len(at))] for method in reports}
+
+    def means(keys):
+        return {method: [float(np.mean([rows[key][method][i] for key in keys])) if keys else None
+                         for i in range(len(at))] for method in reports}
+    tasks = sorted({task for task, _ in shared})
     return {"at": list(at), "methods": list(reports),
             "rows": [{"task": task, "target": target, "dice": by_method}
                      for (task, target), by_method in sorted(rows.items())],
-            "mean_over_shared_targets": means, "shared_targets": len(shared)}
+            "task_means": {task: means([k for k in shared if k[0] == task]) for task in tasks},
+            "mean_over_shared_targets": means(shared), "shared_targets": len(shared)}
 
 
 def format_comparison(comparison: dict) -> str:
@@ -202,6 +206,8 @@ def format_comparison(comparison: dict) -> str:
     for row in comparison["rows"]:
         lines.append(f"| {row['task']}: {row['target']} | "
                      + " | ".join(cell(row["dice"].get(m)) for m in methods) + " |")
+    for task, by_method in comparison.get("task_means", {}).items():
+        lines.append(f"| **mean, {task}** | " + " | ".join(cell(by_method[m]) for m in methods) + " |")
     lines.append(f"| **mean over the {comparison['shared_targets']} targets all methods have** | "
                  + " | ".join(cell(comparison["mean_over_shared_targets"][m]) for m in methods) + " |")
     return "\n".join(lines)

@@ -70,3 +70,25 @@ def test_corrective_clicks_improve_a_damaged_mask(session, subject):
         scores.append(dice(session.mask > 0, truth))
     assert scores[-1] > start, (start, scores)
     assert min(scores) >= start - 0.01, (start, scores)
+
+
+def test_the_shipped_bundles_fit_the_budget_and_the_moe_loads_lazily():
+    from ka2er_core.bundle import DEFAULT_BUNDLE, MOE_BUNDLE, load_bundle
+
+    weights = [p for folder in (DEFAULT_BUNDLE, MOE_BUNDLE) for p in folder.glob("*.safetensors")]
+    assert sum(p.stat().st_size for p in weights) <= 30 * 2**20
+    for folder in (DEFAULT_BUNDLE, MOE_BUNDLE):
+        assert "Not for" in (folder / "README.md").read_text()  # the model card says what not
+    moe = load_bundle(MOE_BUNDLE)
+    assert moe.kind == "moe" and moe.gate is not None
+    assert list(moe.members) == ["general", "mni-t1", "ct-phantom"] and moe.members.loaded == []
+    session = InteractiveSession(moe, device="cpu")
+    subject = mni_subject(TEST_SEEDS[4])
+    session.set_image(subject.image)
+    brain = np.isin(subject.label.array, BRAIN_VALUES)
+    run = run_protocol(session, subject.image, brain, 1, target="brain")
+    assert run.dice[-1] > 0.85 and moe.members.loaded == ["general"]  # threshold 1.05: no routing
+    session.pin("mni-t1")
+    assert session.add_point(ijk_to_ras_points(component_centre(brain)[0][::-1].astype(float),
+                                               subject.image.ijk_to_ras)).expert == "mni-t1"
+    assert moe.members.loaded == ["general", "mni-t1"]

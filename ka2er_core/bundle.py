@@ -40,6 +40,9 @@ from .modeling.sam_med3d import TYPE as SAM_MED3D, SamMed3D, SamMed3DConfig
 
 FORMAT_VERSION = 1
 DEFAULT_BUNDLE = Path(__file__).parent / "bundles" / "demo"
+"""The shipped default: the KA2ER student (see its README.md model card)."""
+MOE_BUNDLE = Path(__file__).parent / "bundles" / "moe"
+"""The shipped moe bundle: the KA2ER student, two task members and a gate."""
 GATE_WEIGHTS = "gate"
 """File stem of a moe bundle's gate weights (no member may take this name)."""
 EXPERT = "expert"

@@ -1,7 +1,8 @@
-"""Shared fixtures: random oblique, flipped, anisotropic geometries."""
+"""Shared fixtures: random oblique, flipped, anisotropic geometries; one torch thread per module."""
 
 import numpy as np
 import pytest
+import torch
 
 
 def random_ijk_to_ras(rng: np.random.Generator, spacing=(0.7, 1.1, 3.0), flip=True) -> np.ndarray:
@@ -18,3 +19,12 @@ def random_ijk_to_ras(rng: np.random.Generator, spacing=(0.7, 1.1, 3.0), flip=Tr
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models on a busy 2-core machine: one thread each avoids oversubscription."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -25,18 +25,11 @@ from ka2er_core.modeling.normalization import Normalization
 from ka2er_core.modeling.prompt_encoder import BOX_HIGH, BOX_LOW, NEGATIVE, POSITIVE
 from ka2er_core.modeling.sam_med3d import SamMed3D, SamMed3DConfig
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 METADATA_KEYS = ("version", "monai_version", "pytorch_version", "numpy_version",
                  "optional_packages_version", "task", "description", "authors", "copyright",
                  "network_data_format")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models on a busy 2-core machine: one thread each avoids oversubscription."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -29,18 +29,11 @@ from ka2er_core.modeling.normalization import Normalization
 from ka2er_core.training.gate import hold_out_last_case
 from ka2er_core.training.samples import LabelledImage
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 KIDNEYS_AND_SPINE = {"right kidney": 2, "left kidney": 3, "spine": 4}
 MEMBERS = ("general", "liver", "brain")
 SHAPE = (30, 40, 36)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models on a busy 2-core machine: one thread each avoids oversubscription."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -223,8 +223,11 @@ def inference_config(member: Member) -> dict[str, Any]:
             **settings,
             "network_def": network_def(member_architecture(member)),
             "network": "$@network_def.to(@device)",
-            "initialize": ["$@network.load_state_dict(torch.load(@ckpt_path, map_location=@device, "
-                           "weights_only=True))", "$@network.eval()"]}
+            "initialize": [LOAD_WEIGHTS, "$@network.eval()"]}
+
+
+LOAD_WEIGHTS = "$@network.load_state_dict(torch.load(@ckpt_path, map_location=@device, weights_only=True))"
+"""MONAI's initialize step: the exported state dict, read without unpickling arbitrary objects."""
 
 
 def current_umask() -> int:

@@ -64,6 +64,7 @@ def run_train(args: argparse.Namespace) -> int:
     out = train_promptable(args.dataset, args.out, steps=args.steps, batch_size=args.batch_size,
                            config=config, init=args.init, base_spacing=args.base_spacing,
                            max_spacing=args.max_spacing, lr=args.lr, seed=args.seed,
+                           target_weights=dict(args.target_weight),
                            progress=progress_printer("train"))
     print(out)
     return 0
@@ -78,7 +79,8 @@ def run_amalgamate(args: argparse.Namespace) -> int:
                      batch_size=args.batch_size, config=config, init=args.init,
                      base_spacing=args.base_spacing, max_spacing=args.max_spacing,
                      hidden=args.hidden, heads=args.heads, distill_weight=args.distill_weight,
-                     lr=args.lr, seed=args.seed, progress=progress_printer("amalgamate"))
+                     lr=args.lr, seed=args.seed, target_weights=dict(args.target_weight),
+                     progress=progress_printer("amalgamate"))
     print(out)
     return 0
 
@@ -88,6 +90,7 @@ def run_finetune(args: argparse.Namespace) -> int:
 
     out = train_promptable([args.dataset], args.out, steps=args.steps, batch_size=args.batch_size,
                            init=args.bundle, lr=args.lr, seed=args.seed,
+                           target_weights=dict(args.target_weight),
                            progress=progress_printer("finetune"))
     print(out)
     return 0
@@ -182,6 +185,25 @@ def run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def target_weight(text: str) -> tuple[str, float]:
+    """``NAME=WEIGHT`` (``--target-weight "white matter=3"``) -> (name, weight)."""
+    name, sep, value = text.rpartition("=")
+    try:
+        weight = float(value)
+    except ValueError:
+        weight = math.nan
+    if not sep or not name.strip() or not (math.isfinite(weight) and weight >= 0):
+        raise argparse.ArgumentTypeError(f"expected TARGET=WEIGHT with a weight >= 0, got {text!r}")
+    return name.strip(), weight
+
+
+def add_target_weight_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--target-weight", action="append", type=target_weight, default=[],
+                        metavar="TARGET=WEIGHT",
+                        help="draw TARGET (a label name, e.g. \"white matter=3\") WEIGHT times as "
+                             "often as a target of weight 1 of its task (repeat; default 1 each)")
+
+
 def add_promptable_training_arguments(parser: argparse.ArgumentParser) -> None:
     """Options shared by the trainers of promptable models (train, amalgamate)."""
     parser.add_argument("--dataset", required=True, action="append", type=Path,
@@ -200,6 +222,7 @@ def add_promptable_training_arguments(parser: argparse.ArgumentParser) -> None:
                         help="coarsest crop spacing, mm (default: --init's, else 4.0)")
     parser.add_argument("--lr", type=float, default=1e-3, help="peak learning rate")
     parser.add_argument("--seed", type=int, default=0)
+    add_target_weight_argument(parser)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -262,6 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
                           help="crops per step and process")
     finetune.add_argument("--lr", type=float, default=2e-4, help="peak learning rate")
     finetune.add_argument("--seed", type=int, default=0)
+    add_target_weight_argument(finetune)
     finetune.set_defaults(run=run_finetune)
 
     gate = commands.add_parser(

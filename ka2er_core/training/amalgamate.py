@@ -13,7 +13,7 @@ student and the layer train; the saved bundle holds the student alone, which run
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
 import numpy as np
 import torch
@@ -170,16 +170,18 @@ def amalgamate(folders: Sequence, expert_paths: Sequence, out: Path, *, steps: i
                init: Optional[Path] = None, base_spacing: Optional[float] = None,
                max_spacing: Optional[float] = None,
                hidden: int = 64, heads: int = 4, distill_weight: float = 1.0, lr: float = 1e-3,
-               seed: int = 0, progress=None) -> Path:
+               seed: int = 0, target_weights: Optional[Mapping[str, float]] = None,
+               progress=None) -> Path:
     """``ka2er amalgamate``: train a KA2ER student (from scratch, or from bundle ``init``) with the
-    frozen experts of ``expert_paths``; write the student alone as a bundle."""
+    frozen experts of ``expert_paths``; write the student alone as a bundle. ``target_weights`` as
+    :func:`~ka2er_core.training.promptable.load_training_items`."""
     from ..bundle import load_expert
 
     torch.manual_seed(seed)
     experts = [load_expert(path) for path in expert_paths]
     start = starting_model(config, init, base_spacing, max_spacing)
     model, normalization = start.model, start.normalization
-    items, targets = load_training_items(folders, normalization, progress)
+    items, targets = load_training_items(folders, normalization, progress, target_weights)
     with torch.no_grad():  # channels of every source, read off one forward pass of a tiny input
         size = model.config.crop_size
         student_channels = [model.image_encoder.backbone_features(

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
 import numpy as np
 import torch
@@ -12,6 +13,7 @@ import torch.nn.functional as F
 from scipy import ndimage
 from torch import nn
 
+from ..errors import DatasetError
 from ..modeling import ImageEmbedding, ModelConfig, PromptableSegmenter
 from ..modeling.normalization import Normalization
 from ..modeling.prompt_encoder import NEGATIVE, PAD, POSITIVE
@@ -28,6 +30,7 @@ class TargetSpec:
     task: str
     name: str
     values: tuple[int, ...]
+    weight: float = 1.0  # relative chance of being drawn among its task's targets
 
 
 class PromptableStep(nn.Module):
@@ -165,7 +168,8 @@ class CropSampler:
             index = int(rng.integers(len(self.items)))
             item = self.items[index]
             choices = [t for t in self.targets if t.task == item.task]
-            target = choices[rng.integers(len(choices))]
+            weights = np.array([t.weight for t in choices])
+            target = choices[rng.choice(len(choices), p=weights / weights.sum())]
             first = self.first_prompts(index).get(target.name)
             if first is None:
                 continue
@@ -179,22 +183,40 @@ class CropSampler:
         return collate(samples, rng, self.max_extra_clicks, self.correct_probability)
 
 
-def load_training_items(folders: Sequence, normalization: Normalization,
-                        progress=None) -> tuple[list[LabelledImage], list[TargetSpec]]:
-    """Every labelled training case of the dataset folders, and one target per label or region."""
+def load_training_items(folders: Sequence, normalization: Normalization, progress=None,
+                        target_weights: Optional[Mapping[str, float]] = None,
+                        ) -> tuple[list[LabelledImage], list[TargetSpec]]:
+    """Every labelled training case of the dataset folders, and one target per label or region.
+
+    ``target_weights``: target name -> relative chance of being drawn among its task's targets
+    (default 1 for every target); a name no dataset has is an error.
+    """
     from ..data.msd import load_dataset
 
+    weights = dict(target_weights or {})
     items, targets = [], []
     for folder in folders:
         dataset = load_dataset(folder)
         for name, value in dataset.labels.items():
-            targets.append(TargetSpec(dataset.name, name, value if isinstance(value, tuple) else (value,)))
+            targets.append(TargetSpec(dataset.name, name, value if isinstance(value, tuple) else (value,),
+                                      weights.get(name, 1.0)))
         for case in dataset.cases:
             images, label = case.load()
             items.append(LabelledImage(images[0], label, normalization.statistics(images[0].array),
                                        dataset.name))
             if progress:
                 progress(f"loaded {dataset.name}/{case.case_id}")
+    unknown = sorted(set(weights) - {t.name for t in targets})
+    if unknown:
+        raise DatasetError(f"no dataset has the target {unknown[0]!r} (targets: "
+                           f"{', '.join(sorted({t.name for t in targets}))})", field="target_weights")
+    for name, weight in weights.items():
+        if not (math.isfinite(weight) and weight >= 0):
+            raise DatasetError(f"{name!r}: expected a finite weight >= 0, got {weight}",
+                               field="target_weights")
+    for task in {t.task for t in targets}:
+        if not any(t.weight > 0 for t in targets if t.task == task):
+            raise DatasetError(f"every target of {task} has weight 0", field="target_weights")
     return items, targets
 
 
@@ -234,13 +256,14 @@ def save_student(out: Path, start, folders: Sequence, targets, cases: int, train
 def train_promptable(folders: Sequence, out: Path, *, steps: int, batch_size: int = 2,
                      config: Optional[ModelConfig] = None, init: Optional[Path] = None,
                      base_spacing: Optional[float] = None, max_spacing: Optional[float] = None,
-                     lr: float = 1e-3, seed: int = 0, progress=None) -> Path:
+                     lr: float = 1e-3, seed: int = 0,
+                     target_weights: Optional[Mapping[str, float]] = None, progress=None) -> Path:
     """``ka2er train``: train the general promptable model on dataset folders (from scratch, or
     fine-tuning bundle ``init``: plain multi-task training); write a bundle. Spacings as
-    :func:`starting_model`."""
+    :func:`starting_model`; ``target_weights`` as :func:`load_training_items`."""
     torch.manual_seed(seed)
     start = starting_model(config, init, base_spacing, max_spacing)
-    items, targets = load_training_items(folders, start.normalization, progress)
+    items, targets = load_training_items(folders, start.normalization, progress, target_weights)
     sampler = CropSampler(items, targets, start.normalization, start.crop_size, start.base_spacing,
                           start.max_spacing, batch_size)
     loop = LoopConfig(steps=steps, lr=lr, seed=seed, checkpoint_every=max(10, min(200, steps // 10)))
@@ -248,5 +271,6 @@ def train_promptable(folders: Sequence, out: Path, *, steps: int, batch_size: in
     method = "promptable, iterative click simulation"
     save_student(out, start, folders, targets, len(items),
                  {"method": method + (f", fine-tuned from {init}" if init else ""),
-                  "batch_size": batch_size, **summary})
+                  "batch_size": batch_size, **({"target_weights": dict(target_weights)}
+                                               if target_weights else {}), **summary})
     return Path(out)

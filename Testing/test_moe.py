@@ -107,6 +107,32 @@ def test_moe_bundle_round_trip_checksums_and_shared_normalisation(tiny_moe, tmp_
         load_bundle(copy)
 
 
+def test_gate_reads_fine_stages_at_the_prompts_and_older_gates_still_load(tiny_moe, tmp_path):
+    path, members, gate = tiny_moe
+    general = members[0].model
+    embedding = general.embed(torch.randn(1, 1, 64, 64, 64))
+    # crop voxel (i, j, k) = 2 m + 0.5 is the centre of cell m of the 32^3 finest stage
+    coords, labels = torch.tensor([[[20.5, 30.5, 40.5]]]), torch.tensor([[1]])
+    features = gate.inputs(general, embedding, coords, labels)
+    assert gate.prompt_stages == [0, 1] and features.shape[1] == gate.norm.normalized_shape[0]
+    fine = embedding.hidden_states[0]  # (1, C0, 32, 32, 32), axes (k, j, i)
+    extra = sum(gate.stage_channels[s] for s in (0, 1))
+    sampled = features[0, -extra:][:fine.shape[1]]
+    torch.testing.assert_close(sampled, fine[0, :, 20, 15, 10])
+
+    older = copy_of(path, tmp_path / "older")  # a gate written before prompt stages existed
+    plain = Gate.for_model(MEMBERS, general, prompt_stages=())
+    meta = json.loads((older / "bundle.json").read_text())
+    del meta["gate"]["prompt_stages"]
+    from safetensors.torch import save_file
+    save_file(plain.state_dict(), str(older / "gate.safetensors"))
+    meta["sha256"]["gate.safetensors"] = bundle_module.sha256(older / "gate.safetensors")
+    (older / "bundle.json").write_text(json.dumps(meta))
+    loaded = load_bundle(older).gate
+    assert loaded.prompt_stages == []
+    assert loaded.inputs(general, embedding, coords, labels).shape[1] == features.shape[1] - extra
+
+
 def with_spare_channel(model: PromptableSegmenter, gain: float, offset: float,
                        logit_weight: float) -> PromptableSegmenter:
     """A copy of ``model`` whose last full-resolution feature channel is GELU(gain * image +

@@ -81,14 +81,21 @@ def test_the_shipped_bundles_fit_the_budget_and_the_moe_loads_lazily():
         assert "Not for" in (folder / "README.md").read_text()  # the model card says what not
     moe = load_bundle(MOE_BUNDLE)
     assert moe.kind == "moe" and moe.gate is not None
-    assert list(moe.members) == ["general", "mni-t1", "ct-phantom"] and moe.members.loaded == []
+    assert list(moe.members) == ["general", "mni-t1-wm", "mni-t2-wm"] and moe.members.loaded == []
     session = InteractiveSession(moe, device="cpu")
     subject = mni_subject(TEST_SEEDS[4])
     session.set_image(subject.image)
     brain = np.isin(subject.label.array, BRAIN_VALUES)
     run = run_protocol(session, subject.image, brain, 1, target="brain")
     assert run.dice[-1] > 0.85 and moe.members.loaded == ["general"]  # threshold 1.05: no routing
-    session.pin("mni-t1")
-    assert session.add_point(ijk_to_ras_points(component_centre(brain)[0][::-1].astype(float),
-                                               subject.image.ijk_to_ras)).expert == "mni-t1"
-    assert moe.members.loaded == ["general", "mni-t1"]
+    white_matter = subject.label.array == MNI_LABELS["white matter"]
+    click = ijk_to_ras_points(component_centre(white_matter)[0][::-1].astype(float),
+                              subject.image.ijk_to_ras)
+    session.set_target("white matter (general)")
+    assert session.add_point(click).expert == "general"
+    general = dice(session.mask > 0, white_matter)
+    session.pin("mni-t1-wm")  # the white-matter member, pinned: the gate is bypassed
+    session.set_target("white matter (member)")
+    assert session.add_point(click).expert == "mni-t1-wm"
+    assert moe.members.loaded == ["general", "mni-t1-wm"]
+    assert dice(session.mask > 0, white_matter) > general + 0.1, general

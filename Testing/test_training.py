@@ -69,6 +69,10 @@ def test_target_weights_steer_which_targets_are_drawn(phantom_dataset):
     args = build_parser().parse_args(["train", "--dataset", "d", "--out", "o",
                                       "--target-weight", "white matter=3"])
     assert args.target_weight == [("white matter", 3.0)]
+    gate_args = build_parser().parse_args(["train-gate", "--general", "g", "--member", "m",
+                                           "--dataset", "d", "--out", "o",
+                                           "--target-weight", "liver=2", "--target-weight", "spine=0"])
+    assert gate_args.target_weight == [("liver", 2.0), ("spine", 0.0)]
     for bad in ("white matter", "liver=-1", "=2", "liver=x"):
         with pytest.raises(SystemExit):
             build_parser().parse_args(["finetune", "--bundle", "b", "--dataset", "d", "--out", "o",

@@ -102,7 +102,8 @@ def run_train_gate(args: argparse.Namespace) -> int:
     out = train_gate(args.general, args.member, args.dataset, args.out, steps=args.steps,
                      batch_size=args.batch_size, reuse=args.reuse, lr=args.lr,
                      temperature=args.temperature, validation_crops=args.validation_crops,
-                     seed=args.seed, progress=progress_printer("train-gate"))
+                     seed=args.seed, target_weights=dict(args.target_weight),
+                     progress=progress_printer("train-gate"))
     print(out)
     return 0
 
@@ -314,6 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
     gate.add_argument("--validation-crops", type=positive_int, default=32,
                       help="held-out crops the threshold is chosen on (default 32)")
     gate.add_argument("--seed", type=int, default=0)
+    add_target_weight_argument(gate)
     gate.set_defaults(run=run_train_gate)
 
     expert = commands.add_parser(

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Optional, Sequence
 
 import numpy as np
 import torch
@@ -150,27 +150,32 @@ def moe_members(general: Path, members: Sequence[Path]) -> tuple[list[Segmenter]
 def train_gate(general: Path, members: Sequence[Path], folders: Sequence, out: Path, *,
                steps: int, batch_size: int = 2, reuse: int = 4, lr: float = 3e-3,
                temperature: float = 0.1, hidden: int = 128, validation_crops: int = 32,
-               seed: int = 0, progress=None) -> Path:
+               seed: int = 0, target_weights: Optional[Mapping[str, float]] = None,
+               progress=None) -> Path:
     """``ka2er train-gate``: train the gate over the frozen general model and task members on the
-    dataset folders' training cases, choose the threshold on held-out ones, write a moe bundle."""
+    dataset folders' training cases, choose the threshold on held-out ones, write a moe bundle.
+    ``target_weights`` (as :func:`~.promptable.load_training_items`) steer the training crops only;
+    the threshold is chosen on crops of every target drawn equally often within each task."""
     torch.manual_seed(seed)
     segmenters, labels = moe_members(Path(general), [Path(m) for m in members])
     head = segmenters[0]
-    items, targets = load_training_items(folders, head.normalization, progress)
+    items, weighted = load_training_items(folders, head.normalization, progress, target_weights)
     training, validation = hold_out_last_case(items)
     rank, _, device = distributed_context()
     gate = Gate.for_model([m.name for m in segmenters], head.model, hidden)
 
-    def scored(cases, reuse):
+    def scored(cases, targets, reuse):
         sampler = CropSampler(cases, targets, head.normalization, head.crop_size, head.base_spacing,
                               head.max_spacing, batch_size)
         return ScoredCrops(sampler, [m.model for m in segmenters], gate, reuse, device)
 
     loop = LoopConfig(steps=steps, lr=lr, seed=seed, warmup=steps // 10,
                       checkpoint_every=max(10, min(200, steps // 10)))
-    summary = train_loop(GateLoss(gate, temperature), gate, scored(training, reuse), loop,
+    summary = train_loop(GateLoss(gate, temperature), gate, scored(training, weighted, reuse), loop,
                          Path(out), progress)
-    gate.threshold, selection = choose_threshold(gate, scored(validation, 1), validation_crops, seed)
+    targets = [replace(t, weight=1.0) for t in weighted]
+    gate.threshold, selection = choose_threshold(gate, scored(validation, targets, 1),
+                                                 validation_crops, seed)
     if progress:
         progress(f"threshold {gate.threshold:.2f}: mean Dice {selection['dice_routed']:.4f} routed, "
                  f"{selection['dice_general']:.4f} general alone ({selection['crops']} crops)")
@@ -180,6 +185,7 @@ def train_gate(general: Path, members: Sequence[Path], folders: Sequence, out: P
                                      **{Path(m).name: str(m) for m in members}},
                          "datasets": [Path(f).name for f in folders], "temperature": temperature,
                          "batch_size": batch_size, "reuse": reuse, "cases": len(training),
+                         **({"target_weights": dict(target_weights)} if target_weights else {}),
                          "validation_cases": len(validation), **summary}
         save_moe_bundle(out, segmenters, gate.eval(), labels=sorted(labels | {t.name for t in targets}),
                         training=training_meta, metrics={"gate_selection": selection})

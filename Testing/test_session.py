@@ -190,3 +190,35 @@ def test_pinning_a_member_makes_it_answer(volume):
     assert session.add_point(centre_ras(volume, (-2, 0, 0))).expert == "general"
     with pytest.raises(PromptError, match="unknown member 'liver'"):
         session.pin("liver")
+
+
+def test_refine_sharpens_a_zoomed_out_answer_in_one_undo_step(monkeypatch):
+    """A "model" that thresholds the crop it sees: 4 mm slabs 4 mm apart over 160 mm are blurred at
+    the 3.7 mm zoom-out and found again by the base-spacing (1.5 mm) tiles of ``refine``."""
+    model = PromptableSegmenter(ModelConfig.tiny()).eval()
+    member = Segmenter("general", model, Normalization("ct"), 1.5, 4.0)  # HU 40 -> 0
+    i = np.arange(200)
+    slabs = np.zeros((60, 200, 200), bool)  # (k, j, i), 1 mm voxels, RAS = ijk
+    slabs[10:50, 20:180, 20:180] = ((i[20:180] // 4) % 2 == 0)[None, None, :]
+    big = Volume(np.where(slabs, 1000.0, -1000.0).astype(np.float32), np.eye(4))
+    monkeypatch.setattr(model, "embed", lambda image: image)  # the "embedding" is the crop
+    monkeypatch.setattr(model, "decode", lambda image, coords, labels, mask=None: (image, torch.ones(1)))
+
+    def dice(mask):
+        return 2 * np.count_nonzero(mask & slabs) / (np.count_nonzero(mask) + np.count_nonzero(slabs))
+
+    scores = {}
+    for refine in (False, True):
+        session = InteractiveSession(Bundle(None, "student", {"general": member}), device="cpu",
+                                     refine=refine)
+        session.set_image(big)
+        result = session.add_point((97.0, 100.0, 30.0))  # in the slab i = 96..99
+        scores[refine] = dice(session.mask > 0)
+        assert session.undo_depth == 1 and result.region is not None
+        outside = np.ones(slabs.shape, bool)
+        outside[result.region] = False
+        assert not session.mask[outside].any()  # the region holds every pasted voxel
+        session.undo()
+        assert not session.mask.any()
+    assert session.embeddings_computed > 4  # the tiles: one embedding each
+    assert scores[True] > scores[False] + 0.1, scores  # measured 0.90 vs 0.75

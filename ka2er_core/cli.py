@@ -152,7 +152,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
         reports[name] = evaluate_bundle(
             None if bundle == "baseline" else bundle, args.dataset, args.prompts, first=args.first,
             split=args.split, device=args.device, max_cases=args.max_cases,
-            progress=progress_printer(f"evaluate {name}"), baseline=bundle == "baseline")
+            progress=progress_printer(f"evaluate {name}"), baseline=bundle == "baseline",
+            refine=args.refine)
     experts = [name for name, report in reports.items() if report["settings"]["first"] == "automatic"]
     if len(experts) > 1:  # one column for the task experts, each on its own task
         reports = {"task experts": merge_reports([reports[name] for name in experts]),
@@ -372,6 +373,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--baseline", action="store_true",
                           help="run the classical random-walker baseline on the same prompts "
                                "(alone, or as one more method beside --bundle)")
+    evaluate.add_argument("--refine", action="store_true",
+                          help="refine zoomed-out answers of large objects with base-spacing tiles "
+                               "(sharper borders; one crop embedding per tile)")
     evaluate.add_argument("--out", type=Path, default=Path("ka2er-evaluation"),
                           help="folder for report.json and dice.png")
     evaluate.set_defaults(run=run_evaluate)

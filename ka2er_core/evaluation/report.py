@@ -17,12 +17,14 @@ from .protocol import run_protocol
 
 def evaluate_bundle(bundle_path, folders: Sequence, prompts: int, first: str = "auto",
                     split: str = "test", device: str = "auto", max_cases: Optional[int] = None,
-                    progress: Optional[Callable[[str], None]] = None, baseline: bool = False) -> dict:
+                    progress: Optional[Callable[[str], None]] = None, baseline: bool = False,
+                    refine: bool = False) -> dict:
     """Run the protocol for every target of every case; returns the report (see :func:`summarise`).
 
     ``first``: "box", "click", or "auto": a box when it identifies the target, else a click (see
     :func:`~ka2er_core.training.clicks.first_prompts`). ``baseline`` runs the classical random-walker
-    baseline on the same prompts instead of a bundle.
+    baseline on the same prompts instead of a bundle. ``refine``: the session refines zoomed-out
+    answers with base-spacing tiles (:class:`~ka2er_core.inference.InteractiveSession` ``refine``).
     """
     if baseline:
         from .baseline import RandomWalkerSession
@@ -36,7 +38,7 @@ def evaluate_bundle(bundle_path, folders: Sequence, prompts: int, first: str = "
         if isinstance(bundle.default, Expert):
             return evaluate_expert(bundle.default, bundle_path, folders, prompts, split, device,
                                    max_cases, progress)
-        session = InteractiveSession(bundle, device=device)
+        session = InteractiveSession(bundle, device=device, refine=refine)
     runs = []
     for folder in folders:
         dataset = load_dataset(folder)
@@ -61,7 +63,8 @@ def evaluate_bundle(bundle_path, folders: Sequence, prompts: int, first: str = "
                     progress(f"{dataset.name}/{case.case_id} {name}: Dice "
                              + " ".join(f"{d:.3f}" for d in run.dice))
     return summarise(runs, {"bundle": "random walker" if baseline else str(bundle_path),
-                            "prompts": prompts, "first": first, "split": split})
+                            "prompts": prompts, "first": first, "split": split,
+                            **({"refine": True} if refine and not baseline else {})})
 
 
 def evaluate_expert(expert, bundle_path, folders: Sequence, prompts: int, split: str = "test",

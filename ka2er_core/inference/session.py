@@ -11,6 +11,8 @@ included), computing its own embedding of a crop only when selected for it.
 
 from __future__ import annotations
 
+import itertools
+import math
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -18,10 +20,12 @@ from typing import Optional, Sequence, Union
 
 import numpy as np
 import torch
+from scipy import ndimage
 
 from ..bundle import Bundle, BundleError, Segmenter, load_bundle
 from ..errors import PromptError
-from ..geometry import foreground_bounds, ijk_box_to_ras, ras_to_ijk, resample
+from ..geometry import (crop_grid, foreground_bounds, ijk_box_to_ras, ijk_to_ras_points, ras_to_ijk,
+                        resample)
 from ..modeling.gate import route
 from ..modeling.prompt_encoder import (BOX_HIGH, BOX_LOW, FLAT_BOX_HIGH, FLAT_BOX_LOW, NEGATIVE,
                                        POSITIVE)
@@ -35,6 +39,10 @@ CORRECTION_RADIUS = 0.25
 """A click on an existing mask edits it within this fraction of the crop size around the click;
 the model's answer elsewhere is not pasted (a correction, not a new segmentation)."""
 EMBEDDING_CACHE_SIZE = 4
+REFINE_OVERLAP = 8
+"""Crop voxels by which neighbouring refinement tiles overlap."""
+MIN_TILE_VOXELS = 64
+"""A refinement tile holding fewer voxels of the coarse answer is skipped."""
 
 
 @dataclass(frozen=True)
@@ -84,8 +92,12 @@ class InteractiveSession:
     gate (a moe bundle), every prompt goes to the member the gate selects unless one is pinned.
     """
 
-    def __init__(self, model: Optional[Bundle] = None, device: Union[str, torch.device] = "auto"):
+    def __init__(self, model: Optional[Bundle] = None, device: Union[str, torch.device] = "auto",
+                 refine: bool = False):
         self.device = pick_device(device)
+        self.refine = refine
+        """After a zoom-out, look again at the base spacing: tiles over the coarse answer (sharper
+        borders of large objects; one crop embedding per tile, seconds on a CPU)."""
         self.bundle = model if model is not None else load_bundle()
         if not isinstance(self.bundle.default, Segmenter):
             raise BundleError(f"a bundle of kind {self.bundle.kind!r} has no promptable model; "
@@ -328,7 +340,10 @@ class InteractiveSession:
             crop = bigger
             logits, score = self._decode(prompts, crop, carried)
         old = prior if crop is first_crop else self._prior(target, crop)
-        return self._paste(target, prompts, crop, logits, old, score, start)
+        pieces = [(crop, logits, old)]
+        if self.refine and crop.spacing[0] > s.base_spacing * ZOOM_STEP:
+            pieces += self._tiles(prompts, crop, logits)
+        return self._paste(target, prompts, pieces, score, start)
 
     def _correct(self, target: Target, prompts: list[Prompt], start: float) -> Result:
         """A click on an existing mask: look closely around it (a crop at the base spacing, the mask
@@ -350,7 +365,43 @@ class InteractiveSession:
         prior = self._prior(target, crop)
         logits, score = self._decode(inside, crop, prior)
         focus = ras_to_ijk(click, crop.ijk_to_ras)
-        return self._paste(target, prompts, crop, logits, prior, score, start, focus)
+        return self._paste(target, prompts, [(crop, logits, prior)], score, start, focus)
+
+    def _tiles(self, prompts: list[Prompt], coarse: Grid, logits: np.ndarray):
+        """Base-spacing tiles over the foreground of a coarse answer (``logits`` on ``coarse``), each
+        decoded with the coarse answer as its mask prompt, the point prompts inside it and a positive
+        point at its deepest voxel of the coarse answer: [(tile, tile logits, coarse logits on the
+        tile)], to paste over the coarse answer."""
+        s = self.segmenter
+        bounds = foreground_bounds(logits > 0)
+        if bounds is None:
+            return []
+        low, high = ijk_box_to_ras(bounds[0][::-1] - 1.0, bounds[1][::-1] + 1.0,  # a coarse voxel
+                                   coarse.ijk_to_ras)                        # of doubt each side
+        side = (s.crop_size - 1) * s.base_spacing
+        stride = side - REFINE_OVERLAP * s.base_spacing
+        centres = []
+        for lo, hi in zip(low, high):
+            count = max(1, math.ceil((hi - lo - side) / stride) + 1)
+            centres.append(np.linspace(lo + side / 2, hi - side / 2, count) if count > 1
+                           else [(lo + hi) / 2])
+        last = s.crop_size - 1
+        pieces = []
+        for centre in itertools.product(*centres):
+            tile = crop_grid(np.array(centre), (s.crop_size,) * 3, (s.base_spacing,) * 3)
+            prior = resample(logits, coarse.ijk_to_ras, tile, order=1, fill=-1.0)
+            seed = prior > 0
+            if np.count_nonzero(seed) < MIN_TILE_VOXELS:
+                continue
+            depth = ndimage.distance_transform_edt(np.pad(seed, 1))[1:-1, 1:-1, 1:-1]
+            deepest = np.array(np.unravel_index(int(np.argmax(depth)), depth.shape), float)
+            points = [p for p in prompts if p.high is None
+                      and np.all((ras_to_ijk(p.low, tile.ijk_to_ras) >= 0)
+                                 & (ras_to_ijk(p.low, tile.ijk_to_ras) <= last))]
+            points.append(Prompt(ijk_to_ras_points(deepest[::-1], tile.ijk_to_ras)))
+            tile_logits, _ = self._decode(points, tile, prior)
+            pieces.append((tile, tile_logits, prior))
+        return pieces
 
     @staticmethod
     def _grow(crop: Grid, inside: np.ndarray, faces) -> tuple[np.ndarray, np.ndarray]:
@@ -364,30 +415,42 @@ class InteractiveSession:
                 hi[axis] += half
         return ijk_box_to_ras(lo, hi, crop.ijk_to_ras)
 
-    def _paste(self, target, prompts, crop, logits, old, score, start, focus=None) -> Result:
+    def _paste(self, target, prompts, pieces, score, start, focus=None) -> Result:
+        """Paste each (crop, logits, old) piece's changed cells into the mask, in order, as one undo
+        step; the first piece's crop and logits are remembered as the target's last answer."""
         step = UndoStep([], target.prompts, target.crop, target.bounds)
-        changed = changed_cells(logits, old, focus=focus, radius=CORRECTION_RADIUS * crop.shape[0])
-        region = None if changed is None else region_slices(crop, self.volume.grid, *changed[1])
-        if region is not None:
-            cells = changed[0]
-            rendered, reached = sample_logits(torch.from_numpy(logits), crop, self.volume.grid,
-                                              region, cells)
-            previous = target.mask[region].copy()
-            target.mask[region] = np.where(reached, rendered, previous)  # the rest keeps its value
-            step.pasted.append((region, previous))
-            grown = self._mask_bounds(target.mask, region)
-            if grown is not None:
-                target.bounds = grown if target.bounds is None else (
-                    np.minimum(target.bounds[0], grown[0]), np.maximum(target.bounds[1], grown[1]))
-            if focus is not None:  # what was not pasted stays as it was in the crop's memory too
-                block = crop.shape[0] // cells.shape[0]
-                pasted = cells.repeat(block, 0).repeat(block, 1).repeat(block, 2)
-                logits = np.where(pasted, logits, old)
+        remembered = None
+        for crop, logits, old in pieces:
+            logits = self._paste_piece(target, step, crop, logits, old, focus)
+            remembered = remembered or CropState(crop, logits)
         target.history.append(step)
         target.prompts = prompts
-        target.crop = CropState(crop, logits)
+        target.crop = remembered
         return Result(union(region for region, _ in step.pasted), score, self.segmenter.name,
                       (time.perf_counter() - start) * 1000)
+
+    def _paste_piece(self, target, step, crop, logits, old, focus) -> np.ndarray:
+        """Render the cells of ``crop`` where ``logits`` and ``old`` differ into the mask (their
+        previous content into ``step``); return the logits as the crop now holds them."""
+        changed = changed_cells(logits, old, focus=focus, radius=CORRECTION_RADIUS * crop.shape[0])
+        region = None if changed is None else region_slices(crop, self.volume.grid, *changed[1])
+        if region is None:
+            return logits
+        cells = changed[0]
+        rendered, reached = sample_logits(torch.from_numpy(logits), crop, self.volume.grid,
+                                          region, cells)
+        previous = target.mask[region].copy()
+        target.mask[region] = np.where(reached, rendered, previous)  # the rest keeps its value
+        step.pasted.append((region, previous))
+        grown = self._mask_bounds(target.mask, region)
+        if grown is not None:
+            target.bounds = grown if target.bounds is None else (
+                np.minimum(target.bounds[0], grown[0]), np.maximum(target.bounds[1], grown[1]))
+        if focus is not None:  # what was not pasted stays as it was in the crop's memory too
+            block = crop.shape[0] // cells.shape[0]
+            pasted = cells.repeat(block, 0).repeat(block, 1).repeat(block, 2)
+            logits = np.where(pasted, logits, old)
+        return logits
 
 
 def tensor_bytes(value) -> int:

@@ -357,10 +357,7 @@ class InteractiveSession:
                 crop = target.crop.grid
         if crop is None:
             crop = plan_crop(click, click, s.crop_size, s.base_spacing, s.max_spacing)
-        size = np.asarray(crop.shape[::-1]) - 1
-        inside = [p for p in prompts if all(
-            np.all((c >= 0) & (c <= size)) for c in
-            [ras_to_ijk(x, crop.ijk_to_ras) for x in (p.low, p.high) if x is not None])]
+        inside = prompts_inside(prompts, crop)
         self._route(inside, crop)
         prior = self._prior(target, crop)
         logits, score = self._decode(inside, crop, prior)
@@ -385,7 +382,6 @@ class InteractiveSession:
             count = max(1, math.ceil((hi - lo - side) / stride) + 1)
             centres.append(np.linspace(lo + side / 2, hi - side / 2, count) if count > 1
                            else [(lo + hi) / 2])
-        last = s.crop_size - 1
         pieces = []
         for centre in itertools.product(*centres):
             tile = crop_grid(np.array(centre), (s.crop_size,) * 3, (s.base_spacing,) * 3)
@@ -395,9 +391,7 @@ class InteractiveSession:
                 continue
             depth = ndimage.distance_transform_edt(np.pad(seed, 1))[1:-1, 1:-1, 1:-1]
             deepest = np.array(np.unravel_index(int(np.argmax(depth)), depth.shape), float)
-            points = [p for p in prompts if p.high is None
-                      and np.all((ras_to_ijk(p.low, tile.ijk_to_ras) >= 0)
-                                 & (ras_to_ijk(p.low, tile.ijk_to_ras) <= last))]
+            points = [p for p in prompts_inside(prompts, tile) if p.high is None]
             points.append(Prompt(ijk_to_ras_points(deepest[::-1], tile.ijk_to_ras)))
             tile_logits, _ = self._decode(points, tile, prior)
             pieces.append((tile, tile_logits, prior))
@@ -451,6 +445,14 @@ class InteractiveSession:
             pasted = cells.repeat(block, 0).repeat(block, 1).repeat(block, 2)
             logits = np.where(pasted, logits, old)
         return logits
+
+
+def prompts_inside(prompts: list[Prompt], crop: Grid) -> list[Prompt]:
+    """The prompts whose point (or both box corners) lie inside ``crop``."""
+    last = np.asarray(crop.shape[::-1]) - 1
+    return [p for p in prompts if all(
+        np.all((c >= 0) & (c <= last)) for c in
+        [ras_to_ijk(x, crop.ijk_to_ras) for x in (p.low, p.high) if x is not None])]
 
 
 def tensor_bytes(value) -> int:

@@ -155,6 +155,11 @@ class CropSampler:
         self.max_extra_clicks = max_extra_clicks
         self.correct_probability = correct_probability
         self._first: dict[int, dict] = {}  # item index -> target name -> first prompts
+        self._draw: dict[str, tuple[list[TargetSpec], np.ndarray]] = {}
+        for task in {t.task for t in self.targets}:  # per task: its targets, their probabilities
+            choices = [t for t in self.targets if t.task == task]
+            weights = np.array([t.weight for t in choices])
+            self._draw[task] = choices, weights / weights.sum()
 
     def first_prompts(self, index: int) -> dict:
         if index not in self._first:
@@ -167,9 +172,8 @@ class CropSampler:
         while True:
             index = int(rng.integers(len(self.items)))
             item = self.items[index]
-            choices = [t for t in self.targets if t.task == item.task]
-            weights = np.array([t.weight for t in choices])
-            target = choices[rng.choice(len(choices), p=weights / weights.sum())]
+            choices, probabilities = self._draw[item.task]
+            target = choices[rng.choice(len(choices), p=probabilities)]
             first = self.first_prompts(index).get(target.name)
             if first is None:
                 continue

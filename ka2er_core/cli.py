@@ -51,6 +51,14 @@ def run_data(args: argparse.Namespace) -> int:
 
     folders = write_sample_dataset(args.out, n_train=args.train, n_test=args.test,
                                    progress=progress_printer("data"))
+    if args.unannotated:
+        from .data.partial import drop_annotations
+
+        for folder in folders:
+            changed = drop_annotations(folder, dict(args.unannotated), seed=args.seed)
+            if changed:
+                print(f"ka2er data: {folder.name}: {len(changed)} training cases partially labelled",
+                      file=sys.stderr)
     for folder in folders:
         print(folder)
     return 0
@@ -80,7 +88,7 @@ def run_amalgamate(args: argparse.Namespace) -> int:
                      base_spacing=args.base_spacing, max_spacing=args.max_spacing,
                      hidden=args.hidden, heads=args.heads, distill_weight=args.distill_weight,
                      lr=args.lr, seed=args.seed, target_weights=dict(args.target_weight),
-                     progress=progress_printer("amalgamate"))
+                     soft_label_weight=args.soft_label_weight, progress=progress_printer("amalgamate"))
     print(out)
     return 0
 
@@ -187,16 +195,37 @@ def run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def target_weight(text: str) -> tuple[str, float]:
-    """``NAME=WEIGHT`` (``--target-weight "white matter=3"``) -> (name, weight)."""
+def named_number(text: str, form: str, upper: float = math.inf) -> tuple[str, float]:
+    """``NAME=NUMBER`` -> (name, number), the number in [0, ``upper``]; ``form`` names it in errors."""
     name, sep, value = text.rpartition("=")
     try:
-        weight = float(value)
+        number = float(value)
     except ValueError:
-        weight = math.nan
-    if not sep or not name.strip() or not (math.isfinite(weight) and weight >= 0):
-        raise argparse.ArgumentTypeError(f"expected TARGET=WEIGHT with a weight >= 0, got {text!r}")
-    return name.strip(), weight
+        number = math.nan
+    if not sep or not name.strip() or not (math.isfinite(number) and 0 <= number <= upper):
+        bound = f"in [0, {upper:g}]" if math.isfinite(upper) else ">= 0"
+        raise argparse.ArgumentTypeError(f"expected {form} with a number {bound}, got {text!r}")
+    return name.strip(), number
+
+
+def target_weight(text: str) -> tuple[str, float]:
+    """``TARGET=WEIGHT`` (``--target-weight "white matter=3"``) -> (name, weight)."""
+    return named_number(text, "TARGET=WEIGHT")
+
+
+def label_fraction(text: str) -> tuple[str, float]:
+    """``LABEL=FRACTION`` (``--unannotated "white matter=0.5"``) -> (name, fraction)."""
+    return named_number(text, "LABEL=FRACTION", upper=1.0)
+
+
+def non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text}")
+    return value
 
 
 def add_target_weight_argument(parser: argparse.ArgumentParser) -> None:
@@ -245,6 +274,11 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--out", required=True, type=Path, help="folder to write into")
     data.add_argument("--train", type=positive_int, default=4, help="training cases per task (default 4)")
     data.add_argument("--test", type=positive_int, default=2, help="held-out cases per task (default 2)")
+    data.add_argument("--unannotated", action="append", type=label_fraction, default=[],
+                      metavar="LABEL=FRACTION",
+                      help="leave LABEL unannotated in that fraction of each task's training cases "
+                           "(a partially labelled dataset, see annotated_labels; repeat)")
+    data.add_argument("--seed", type=int, default=0, help="which training cases --unannotated picks")
     data.set_defaults(run=run_data)
 
     train = commands.add_parser(
@@ -270,6 +304,10 @@ def build_parser() -> argparse.ArgumentParser:
     amalgamate.add_argument("--heads", type=positive_int, default=4, help="attention heads (default 4)")
     amalgamate.add_argument("--distill-weight", type=float, default=1.0,
                             help="weight of the feature-distillation loss (default 1)")
+    amalgamate.add_argument("--soft-label-weight", type=non_negative_float, default=0.0,
+                            help="partially labelled data: also train on the targets a case leaves "
+                                 "unannotated, with its task expert's soft labels, at this loss "
+                                 "weight (default 0: not drawn)")
     amalgamate.set_defaults(run=run_amalgamate)
 
     finetune = commands.add_parser(

@@ -7,6 +7,11 @@ optional ``imagesTs/`` and ``labelsTs/``.
 MSD: ``modality`` ({"0": "MRI"}), ``labels`` ({value: name}), ``training`` [{"image", "label"}] and
 ``test`` [image] with paths relative to the folder; several channels are one 4D NIfTI, channels last.
 
+Partially labelled data (either format): an optional top-level ``annotated_labels`` {case id: [label
+name, ...]} lists the plain labels a case annotates; the others are unknown in that case (their
+voxels are 0 in its label map, like the background), and a region is known only where every label
+it unites is. Cases not listed annotate every label.
+
 Listing checks that every file is there; :meth:`Case.load` reads the files and checks label values
 and geometry. Every problem raises :class:`~ka2er_core.errors.DatasetError` (or
 :class:`~ka2er_core.errors.GeometryMismatchError`) naming the file and the field.
@@ -16,7 +21,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Mapping, Optional, Union
 
@@ -36,6 +41,7 @@ class Case:
     """One case: ``image_paths`` one per channel (or one 4D MSD file holding ``channels``).
 
     ``labels`` is the dataset's {name: value or region}; the label map must hold only those values.
+    ``annotated``: the plain labels the case annotates (None: all of them).
     """
 
     case_id: str
@@ -43,6 +49,20 @@ class Case:
     label_path: Optional[Path]
     channels: int = 1
     labels: Mapping[str, LabelValue] = field(default_factory=dict, compare=False)
+    annotated: Optional[frozenset[str]] = None
+
+    @property
+    def unannotated_values(self) -> frozenset[int]:
+        """Label values this case leaves unknown (0 in its label map wherever they may be)."""
+        if self.annotated is None:
+            return frozenset()
+        return frozenset(value for name, value in self.labels.items()
+                         if isinstance(value, int) and name not in self.annotated)
+
+    def annotates(self, name: str) -> bool:
+        """Whether the case's label map tells where label or region ``name`` is."""
+        value = self.labels[name]
+        return not set(value if isinstance(value, tuple) else (value,)) & self.unannotated_values
 
     def load(self) -> tuple[list[Volume], Optional[Volume]]:
         """One (k, j, i) Volume per channel and the uint8 label map (or None), all on one grid.
@@ -72,6 +92,11 @@ class Case:
             raise DatasetError(f"label values {unknown} are not declared in dataset.json "
                                f"(declared: {sorted(declared)})", path=self.label_path,
                                field="labels")
+        contradicting = sorted(set(int(v) for v in present) & self.unannotated_values)
+        if contradicting:
+            raise DatasetError(f"label map holds value {contradicting[0]}, a label that "
+                               f"annotated_labels says case {self.case_id!r} does not annotate",
+                               path=self.label_path, field="annotated_labels")
         names = {name: value for name, value in self.labels.items() if isinstance(value, int)}
         return Volume(volume.array.astype(np.uint8, copy=False), volume.ijk_to_ras, names, volume.path)
 
@@ -161,6 +186,10 @@ def load_dataset(folder: Union[str, Path]) -> Dataset:
     if declared is not None and declared != len(cases):
         raise DatasetError(f"is {declared} but the folder holds {len(cases)} training cases",
                            path=manifest, field="numTraining")
+    if "annotated_labels" in meta:
+        annotated = _annotated_labels(meta["annotated_labels"], labels, cases + test_cases, manifest)
+        cases, test_cases = ([replace(c, annotated=annotated.get(c.case_id)) for c in listed]
+                             for listed in (cases, test_cases))
     return Dataset(root, str(meta.get("name", root.name)), channel_names, labels, ending, cases,
                    test_cases, meta)
 
@@ -176,6 +205,30 @@ def _read_json(path: Path) -> dict:
     if not isinstance(meta, dict):
         raise DatasetError("expected a JSON object", path=path)
     return meta
+
+
+def _annotated_labels(mapping, labels: dict[str, LabelValue], cases: list[Case],
+                      path: Path) -> dict[str, frozenset[str]]:
+    """``annotated_labels`` {case id: [plain label name, ...]} checked against the cases and labels."""
+    if not isinstance(mapping, dict):
+        raise DatasetError(f"expected {{case id: [label name, ...]}}, got {mapping!r}", path=path,
+                           field="annotated_labels")
+    case_ids = {case.case_id for case in cases}
+    plain = sorted(name for name, value in labels.items() if isinstance(value, int))
+    annotated = {}
+    for case_id, names in mapping.items():
+        where = f"annotated_labels.{case_id}"
+        if case_id not in case_ids:
+            raise DatasetError(f"no case {case_id!r} in the dataset", path=path, field=where)
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise DatasetError(f"expected a list of label names, got {names!r}", path=path, field=where)
+        unknown = sorted(set(names) - set(plain))
+        if unknown:
+            raise DatasetError(f"{unknown[0]!r} is not a plain label (expected some of {plain}; a "
+                               "region is annotated when every label it unites is)", path=path,
+                               field=where)
+        annotated[case_id] = frozenset(names)
+    return annotated
 
 
 def _require(meta: dict, key: str, path: Path):

@@ -19,7 +19,8 @@ def evaluate_bundle(bundle_path, folders: Sequence, prompts: int, first: str = "
                     split: str = "test", device: str = "auto", max_cases: Optional[int] = None,
                     progress: Optional[Callable[[str], None]] = None, baseline: bool = False,
                     refine: bool = False) -> dict:
-    """Run the protocol for every target of every case; returns the report (see :func:`summarise`).
+    """Run the protocol for every target of every case that annotates it; returns the report (see
+    :func:`summarise`).
 
     ``first``: "box", "click", or "auto": a box when it identifies the target, else a click (see
     :func:`~ka2er_core.training.clicks.first_prompts`). ``baseline`` runs the classical random-walker
@@ -49,7 +50,7 @@ def evaluate_bundle(bundle_path, folders: Sequence, prompts: int, first: str = "
                 continue
             session.set_image(images[0])
             targets = {name: value if isinstance(value, tuple) else (value,)
-                       for name, value in dataset.labels.items()}
+                       for name, value in dataset.labels.items() if case.annotates(name)}
             identifying = first_prompts(label.array, targets)
             for name, values in targets.items():
                 if name not in identifying:  # absent from this case
@@ -92,7 +93,7 @@ def evaluate_expert(expert, bundle_path, folders: Sequence, prompts: int, split:
             for name, value in dataset.labels.items():
                 values = value if isinstance(value, tuple) else (value,)
                 truth = np.isin(label.array, values)
-                if not truth.any():
+                if not truth.any() or not case.annotates(name):
                     continue
                 score = dice(np.isin(predicted, values), truth)
                 run = ProtocolRun([score] * prompts, [seconds * 1000] + [0.0] * (prompts - 1),

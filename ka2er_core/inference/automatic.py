@@ -17,7 +17,7 @@ from monai.inferers import sliding_window_inference
 from ..bundle import Expert
 from ..geometry import resample
 from ..modeling.expert import TaskExpert, image_on_plan_grid
-from ..volume import Volume
+from ..volume import Grid, Volume
 from .session import pick_device
 
 OVERLAP = 0.5
@@ -32,22 +32,14 @@ def window_count(shape, patch_size, overlap: float = OVERLAP) -> int:
     return count
 
 
-def segment_automatic(expert: Union[Expert, TaskExpert], volume: Volume,
-                      device: Union[str, torch.device] = "cpu",
-                      progress: Optional[Callable[[str], None]] = None) -> Volume:
-    """Segment ``volume`` with ``expert`` (put on ``device`` in eval mode) -> uint8 label map.
-
-    The image is resampled to the plan's canonical grid and normalised; softmax probabilities
-    (num_classes, k, j, i) from Gaussian-weighted sliding windows are resampled (trilinear) to the
-    volume's own (k, j, i) grid, class by class, and the most probable class wins. The result holds
-    the plan's label values and has ``labels`` = ``plan.labels``; any orientation (oblique, flipped)
-    works.
-    """
-    model = expert.model if isinstance(expert, Expert) else expert
+def plan_grid_probabilities(model: TaskExpert, volume: Volume,
+                            progress: Optional[Callable[[str], None]] = None
+                            ) -> tuple[Grid, np.ndarray]:
+    """Softmax probabilities (num_classes, k, j, i) float32 of ``model`` (in eval mode, on its own
+    device) over ``volume`` resampled to the plan's canonical grid, from Gaussian-weighted sliding
+    windows; and that grid."""
     plan = model.plan
-    device = pick_device(device)
-    model.to(device).eval()
-    start = time.perf_counter()
+    device = next(model.parameters()).device
     grid, array, fill = image_on_plan_grid(volume, plan)
     total = window_count(grid.shape, plan.patch_size)
     if progress:
@@ -66,7 +58,25 @@ def segment_automatic(expert: Union[Expert, TaskExpert], volume: Volume,
     with torch.inference_mode():
         logits = sliding_window_inference(image, plan.patch_size, 1, predict, overlap=OVERLAP,
                                           mode="gaussian", cval=fill)
-        probabilities = torch.softmax(logits[0].float(), dim=0).cpu().numpy()
+        return grid, torch.softmax(logits[0].float(), dim=0).cpu().numpy()
+
+
+def segment_automatic(expert: Union[Expert, TaskExpert], volume: Volume,
+                      device: Union[str, torch.device] = "cpu",
+                      progress: Optional[Callable[[str], None]] = None) -> Volume:
+    """Segment ``volume`` with ``expert`` (put on ``device`` in eval mode) -> uint8 label map.
+
+    The image is resampled to the plan's canonical grid and normalised; softmax probabilities
+    (num_classes, k, j, i) from Gaussian-weighted sliding windows are resampled (trilinear) to the
+    volume's own (k, j, i) grid, class by class, and the most probable class wins. The result holds
+    the plan's label values and has ``labels`` = ``plan.labels``; any orientation (oblique, flipped)
+    works.
+    """
+    model = expert.model if isinstance(expert, Expert) else expert
+    plan = model.plan
+    model.to(pick_device(device)).eval()
+    start = time.perf_counter()
+    grid, probabilities = plan_grid_probabilities(model, volume, progress)
     best = resample(probabilities[0], grid.ijk_to_ras, volume.grid, order=1, fill=1.0)
     classes = np.zeros(volume.shape, dtype=np.uint8)
     for c in range(1, plan.num_classes):

@@ -5,13 +5,16 @@ student's three coarsest backbone stages (1/8, 1/16, 1/32 of the crop) and the e
 encoder stages meet in the :class:`~ka2er_core.modeling.amalgamation.AmalgamationLayer`, whose
 output, the gold amalgamated features, replaces those stages before the student's encoder head and
 mask decoder. Loss = prompted segmentation on the gold features + the same on the student's own
-features + a distillation term pulling the student's projected features to the gold ones. Only the
-student and the layer train; the saved bundle holds the student alone, which runs in
+features + a distillation term pulling the student's projected features to the gold ones; optionally,
+on partially labelled data, soft-label distillation: crops of targets a case leaves unannotated, with
+the expert's soft label of them as truth (:mod:`~ka2er_core.training.soft_labels`), their
+segmentation losses weighted by ``soft_label_weight``. Only the student and the layer train; the saved bundle holds the student alone, which runs in
 :class:`~ka2er_core.inference.InteractiveSession` with no expert loaded.
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
 
@@ -30,6 +33,7 @@ from .loop import LoopConfig, train_loop
 from .promptable import (CropSampler, collate, load_training_items, prompted_loss, save_student,
                          simulate_prompts, starting_model)
 from .samples import CropSample
+from .soft_labels import ExpertSoftLabels
 
 STUDENT_STAGES = (2, 3, 4)  # backbone stages amalgamated: 1/8, 1/16 and 1/32 of the crop
 STUDENT_FACTORS = (8, 16, 32)
@@ -45,12 +49,13 @@ class AmalgamatedStudent(nn.Module):
 
 class AmalgamationStep(nn.Module):
     """``forward(images, expert_images, expert_ratios, truths, coords, labels, start_masks,
-    extra_clicks)``.
+    extra_clicks, label_weights)``.
 
-    images, truths (B, 1, S, S, S) the student's crops; ``expert_images[e][b]`` (1, 1, D, H, W) the
-    region around the same centre, normalised and sampled for expert e (sizes may differ per item);
-    ``expert_ratios[e][b]`` (i, j, k) the crop's extent over that region's; the rest as
-    :class:`~ka2er_core.training.promptable.PromptableStep`.
+    images, truths (B, 1, S, S, S) the student's crops (truths in [0, 1]: soft labels are fine);
+    ``expert_images[e][b]`` (1, 1, D, H, W) the region around the same centre, normalised and sampled
+    for expert e (sizes may differ per item); ``expert_ratios[e][b]`` (i, j, k) the crop's extent over
+    that region's; ``label_weights`` (B,) each item's weight in the segmentation losses (None: 1);
+    the rest as :class:`~ka2er_core.training.promptable.PromptableStep`.
     """
 
     def __init__(self, trainable: AmalgamatedStudent, experts: Sequence[TaskExpert],
@@ -82,7 +87,7 @@ class AmalgamationStep(nn.Module):
         return features
 
     def forward(self, images, expert_images, expert_ratios, truths, coords, labels,
-                start_masks=None, extra_clicks: int = 0):
+                start_masks=None, extra_clicks: int = 0, label_weights=None):
         student, layer = self.trainable.student, self.trainable.layer
         encoder = student.image_encoder
         hidden = encoder.backbone_features(images)
@@ -95,12 +100,16 @@ class AmalgamationStep(nn.Module):
         gold = encoder.from_hidden(images, gold_hidden)
         coords, labels, previous = simulate_prompts(student, own, truths, coords, labels,
                                                     start_masks, extra_clicks)
-        gold_loss, gold_dice = prompted_loss(student, gold, coords, labels, previous, truths)
-        own_loss, own_dice = prompted_loss(student, own, coords, labels, previous, truths)
+        gold_loss, gold_dice = prompted_loss(student, gold, coords, labels, previous, truths,
+                                             label_weights)
+        own_loss, own_dice = prompted_loss(student, own, coords, labels, previous, truths,
+                                           label_weights)
         distill = layer.distillation_loss(amalgamated)
         weights = torch.cat([w.mean(dim=(0, 1))[None] for w in amalgamated.expert_weights]).mean(0)
         metrics = {"dice": own_dice.mean().detach(), "dice_gold": gold_dice.mean().detach(),
                    "distill": distill.detach(), "task_agnostic_weight": weights[-1].detach()}
+        if label_weights is not None:
+            metrics["soft_items"] = (label_weights != 1).float().mean()
         return gold_loss + own_loss + self.distill_weight * distill, metrics
 
 
@@ -150,11 +159,14 @@ class ExpertView:
 
 
 class AmalgamationSampler:
-    """The promptable crops of :class:`CropSampler`, each also cut out for every expert."""
+    """The promptable crops of :class:`CropSampler`, each also cut out for every expert; with
+    ``soft_label_weight`` (the crops' sampler then has soft labels) each item's loss weight too."""
 
-    def __init__(self, crops: CropSampler, experts: Sequence[TaskExpert]):
+    def __init__(self, crops: CropSampler, experts: Sequence[TaskExpert],
+                 soft_label_weight: Optional[float] = None):
         self.crops = crops
         self.views = [ExpertView(expert) for expert in experts]
+        self.soft_label_weight = soft_label_weight
 
     def __call__(self, step: int, rng: np.random.Generator) -> dict:
         samples = [self.crops.sample(rng) for _ in range(self.crops.batch_size)]
@@ -162,6 +174,9 @@ class AmalgamationSampler:
         views = [[view(sample) for sample in samples] for view in self.views]
         batch["expert_images"] = [[image for image, _ in per_expert] for per_expert in views]
         batch["expert_ratios"] = [[ratio for _, ratio in per_expert] for per_expert in views]
+        if self.soft_label_weight is not None:
+            batch["label_weights"] = torch.tensor([self.soft_label_weight if sample.soft else 1.0
+                                                   for sample in samples])
         return batch
 
 
@@ -171,12 +186,16 @@ def amalgamate(folders: Sequence, expert_paths: Sequence, out: Path, *, steps: i
                max_spacing: Optional[float] = None,
                hidden: int = 64, heads: int = 4, distill_weight: float = 1.0, lr: float = 1e-3,
                seed: int = 0, target_weights: Optional[Mapping[str, float]] = None,
-               progress=None) -> Path:
+               soft_label_weight: float = 0.0, progress=None) -> Path:
     """``ka2er amalgamate``: train a KA2ER student (from scratch, or from bundle ``init``) with the
     frozen experts of ``expert_paths``; write the student alone as a bundle. ``target_weights`` as
-    :func:`~ka2er_core.training.promptable.load_training_items`."""
+    :func:`~ka2er_core.training.promptable.load_training_items`. ``soft_label_weight`` > 0 also
+    trains on the targets partially labelled cases leave unannotated, with their task expert's soft
+    labels, at that loss weight (0: such targets are not drawn for those cases)."""
     from ..bundle import load_expert
 
+    if not (math.isfinite(soft_label_weight) and soft_label_weight >= 0):
+        raise ValueError(f"soft_label_weight: expected a finite weight >= 0, got {soft_label_weight}")
     torch.manual_seed(seed)
     experts = [load_expert(path) for path in expert_paths]
     start = starting_model(config, init, base_spacing, max_spacing)
@@ -192,14 +211,24 @@ def amalgamate(folders: Sequence, expert_paths: Sequence, out: Path, *, steps: i
                        for expert in experts]
     trainable = AmalgamatedStudent(model, AmalgamationLayer(student_channels, expert_channels,
                                                             hidden=hidden, heads=heads))
+    soft_labels = ExpertSoftLabels(experts) if soft_label_weight > 0 else None
     crops = CropSampler(items, targets, normalization, start.crop_size, start.base_spacing,
-                        start.max_spacing, batch_size)
+                        start.max_spacing, batch_size, soft_labels=soft_labels)
+    if progress and soft_labels is not None:
+        partial = [item for item in items if item.unannotated]
+        covered = sum(all(soft_labels.covers(item, t.values) for t in targets if t.task == item.task)
+                      for item in partial)
+        progress(f"soft labels (weight {soft_label_weight:g}): {len(partial)} partially labelled "
+                 f"cases, {covered} of them covered by their task's expert")
     loop = LoopConfig(steps=steps, lr=lr, seed=seed, checkpoint_every=max(10, min(200, steps // 10)))
     summary = train_loop(AmalgamationStep(trainable, experts, distill_weight), trainable,
-                         AmalgamationSampler(crops, experts), loop, Path(out), progress)
+                         AmalgamationSampler(crops, experts, soft_label_weight if soft_labels else None),
+                         loop, Path(out), progress)
     save_student(out, start, folders, targets, len(items),
                  {"method": "KA2ER amalgamation: gold-feature and own-feature segmentation, "
-                            "feature distillation" + (f", from {init}" if init else ""),
+                            "feature distillation" + (", expert soft labels" if soft_labels else "")
+                            + (f", from {init}" if init else ""),
                   "experts": [f"{e.plan.task} ({Path(p).name})" for e, p in zip(experts, expert_paths)],
-                  "distill_weight": distill_weight, "batch_size": batch_size, **summary})
+                  "distill_weight": distill_weight, "soft_label_weight": soft_label_weight,
+                  "batch_size": batch_size, **summary})
     return Path(out)

@@ -10,7 +10,7 @@ are drawn uniformly. Spatial and intensity augmentation are left out here.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence, Union
 
@@ -20,6 +20,7 @@ from monai.losses import DeepSupervisionLoss, DiceCELoss
 from torch import nn
 
 from ..data.msd import load_dataset
+from ..errors import DatasetError
 from ..geometry import resample
 from ..modeling.expert import ExpertPlan, TaskExpert, image_on_plan_grid
 from ..volume import Volume
@@ -147,6 +148,9 @@ def train_expert(folder: Union[str, os.PathLike], out: Union[str, os.PathLike], 
                  progress=None) -> Path:
     """``ka2er train-expert``: plan, train and write an expert bundle (kind "expert") to ``out``.
 
+    Cases that leave a label unannotated (``annotated_labels``) are left out: an expert's loss would
+    read their unannotated labels as background.
+
     Resumes from ``out/checkpoint``; under ``torchrun`` every rank trains (DDP) and rank 0 writes.
     """
     from ..bundle import Expert, save_bundle
@@ -155,6 +159,16 @@ def train_expert(folder: Union[str, os.PathLike], out: Union[str, os.PathLike], 
     rank, _, _ = distributed_context()
     progress_rank0 = progress if rank == 0 else None
     dataset = load_dataset(folder)
+    partial = [case.case_id for case in dataset.cases if case.unannotated_values]
+    if partial:  # their unannotated labels would be learnt as background
+        if len(partial) == len(dataset.cases):
+            raise DatasetError("every training case leaves some label unannotated; an expert needs "
+                               "fully labelled cases", path=Path(folder) / "dataset.json",
+                               field="annotated_labels")
+        dataset = replace(dataset, cases=[c for c in dataset.cases if not c.unannotated_values])
+        if progress_rank0:
+            progress_rank0(f"left out {len(partial)} partially labelled cases "
+                           f"({', '.join(partial[:3])}{', ...' if len(partial) > 3 else ''})")
     loaded = load_cases(dataset, progress_rank0)
     fp = fingerprint_cases(dataset, loaded)
     plan = plan_expert(fp, size)

@@ -1,18 +1,26 @@
-"""Dice + binary cross-entropy on mask logits."""
+"""Dice + binary cross-entropy on mask logits, per item, and hard Dice."""
 
 from __future__ import annotations
+
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 
 
-def dice_bce_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
-    """logits, target (B, 1, D, H, W) -> scalar: mean soft Dice loss plus mean BCE."""
+def per_item_dice_bce(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
+    """Soft Dice loss plus mean BCE of each item: (B, 1, D, H, W) -> (B,)."""
     prob = torch.sigmoid(logits)
     dims = tuple(range(1, logits.ndim))
     intersection = (prob * target).sum(dims)
     dice = (2 * intersection + eps) / (prob.sum(dims) + target.sum(dims) + eps)
-    return (1 - dice).mean() + F.binary_cross_entropy_with_logits(logits, target)
+    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none").mean(dims)
+    return 1 - dice + bce
+
+
+def weighted_mean(values: torch.Tensor, weights: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Mean of (B,) ``values`` each times its weight (B,) (all 1 when None)."""
+    return values.mean() if weights is None else (values * weights).mean()
 
 
 def dice_score(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

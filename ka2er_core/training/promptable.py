@@ -9,7 +9,6 @@ from typing import Mapping, Optional, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from scipy import ndimage
 from torch import nn
 
@@ -19,8 +18,9 @@ from ..modeling.normalization import Normalization
 from ..modeling.prompt_encoder import NEGATIVE, PAD, POSITIVE
 from .clicks import first_prompts, next_click
 from .loop import LoopConfig, distributed_context, train_loop
-from .losses import dice_bce_loss, dice_score
+from .losses import dice_score, per_item_dice_bce, weighted_mean
 from .samples import CropSample, LabelledImage, make_crop_sample
+from .soft_labels import ExpertSoftLabels
 
 
 @dataclass
@@ -72,11 +72,13 @@ def simulate_prompts(model: PromptableSegmenter, embedding: ImageEmbedding, trut
 
 
 def prompted_loss(model: PromptableSegmenter, embedding: ImageEmbedding, coords, labels, previous,
-                  truths) -> tuple[torch.Tensor, torch.Tensor]:
-    """Dice + BCE of the decoded mask plus the IoU head's error; returns (loss, hard Dice (B,))."""
+                  truths, weights: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Dice + BCE of the decoded mask plus the IoU head's error, each item's times its weight (B,)
+    (default 1); returns (loss, hard Dice (B,))."""
     logits, iou = model.decode(embedding, coords, labels, previous)
     actual = dice_score(logits > 0, truths > 0.5)
-    return dice_bce_loss(logits, truths) + F.mse_loss(iou, actual.detach()), actual
+    iou_error = (iou - actual.detach()).pow(2)
+    return weighted_mean(per_item_dice_bce(logits, truths) + iou_error, weights), actual
 
 
 def add_clicks(coords: torch.Tensor, labels: torch.Tensor, prediction: np.ndarray, truth: np.ndarray):
@@ -135,37 +137,55 @@ def collate(samples: Sequence[CropSample], rng: np.random.Generator, max_extra_c
              "coords": torch.from_numpy(coords), "labels": torch.from_numpy(labels),
              "start_masks": None, "extra_clicks": int(rng.integers(0, max_extra_clicks + 1))}
     if rng.random() < correct_probability:
-        starts = np.stack([damaged(s.truth, rng) for s in samples])[:, None].astype(np.float32)
+        starts = np.stack([damaged(s.truth > 0.5, rng) for s in samples])[:, None].astype(np.float32)
         batch["start_masks"] = torch.from_numpy(starts)
         batch["extra_clicks"] = 0
     return batch
 
 
 class CropSampler:
-    """Draws batches of crops over images and targets, the way the session will see them."""
+    """Draws batches of crops over images and targets, the way the session will see them.
+
+    A target a case leaves unannotated (partially labelled data) is drawn for it only with
+    ``soft_labels`` that cover it; its crop's truth is then the soft label (``CropSample.soft``).
+    """
 
     def __init__(self, items: Sequence[LabelledImage], targets: Sequence[TargetSpec],
                  normalization: Normalization, crop_size: int, base_spacing: float,
                  max_spacing: float, batch_size: int, max_extra_clicks: int = 4,
-                 correct_probability: float = 0.25):
+                 correct_probability: float = 0.25, soft_labels: Optional[ExpertSoftLabels] = None):
         self.items, self.targets = list(items), list(targets)
         self.normalization = normalization
         self.crop = (crop_size, base_spacing, max_spacing)
         self.batch_size = batch_size
         self.max_extra_clicks = max_extra_clicks
         self.correct_probability = correct_probability
+        self.soft_labels = soft_labels
         self._first: dict[int, dict] = {}  # item index -> target name -> first prompts
         self._draw: dict[str, tuple[list[TargetSpec], np.ndarray]] = {}
         for task in {t.task for t in self.targets}:  # per task: its targets, their probabilities
             choices = [t for t in self.targets if t.task == task]
             weights = np.array([t.weight for t in choices])
             self._draw[task] = choices, weights / weights.sum()
+        if not any(self.drawable(item, t) for item in self.items for t in self._draw[item.task][0]
+                   if t.weight > 0):
+            raise DatasetError("no training case annotates a target that may be drawn (see "
+                               "annotated_labels and target_weights)", field="annotated_labels")
+
+    def drawable(self, item: LabelledImage, target: TargetSpec) -> bool:
+        """Whether ``item`` annotates ``target``, or soft labels fill in what it does not."""
+        if not set(target.values) & item.unannotated:
+            return True
+        return self.soft_labels is not None and self.soft_labels.covers(item, target.values)
 
     def first_prompts(self, index: int) -> dict:
         if index not in self._first:
             item = self.items[index]
-            self._first[index] = first_prompts(
-                item.label.array, {t.name: t.values for t in self.targets if t.task == item.task})
+            targets = {t.name: t.values for t in self.targets
+                       if t.task == item.task and self.drawable(item, t)}
+            label = (self.soft_labels.completed_label(item)
+                     if item.unannotated and self.soft_labels is not None else item.label.array)
+            self._first[index] = first_prompts(label, targets)
         return self._first[index]
 
     def sample(self, rng: np.random.Generator) -> CropSample:
@@ -175,10 +195,12 @@ class CropSampler:
             choices, probabilities = self._draw[item.task]
             target = choices[rng.choice(len(choices), p=probabilities)]
             first = self.first_prompts(index).get(target.name)
-            if first is None:
+            if first is None:  # absent, or unannotated and not covered
                 continue
+            probability = (self.soft_labels.probability(item, target.values)
+                           if self.soft_labels is not None else None)
             crop = make_crop_sample(item, target.name, target.values, self.normalization, *self.crop,
-                                    rng=rng, first=first)
+                                    rng=rng, first=first, probability=probability)
             if crop is not None:
                 return crop
 
@@ -190,7 +212,8 @@ class CropSampler:
 def load_training_items(folders: Sequence, normalization: Normalization, progress=None,
                         target_weights: Optional[Mapping[str, float]] = None,
                         ) -> tuple[list[LabelledImage], list[TargetSpec]]:
-    """Every labelled training case of the dataset folders, and one target per label or region.
+    """Every labelled training case of the dataset folders (with the label values each leaves
+    unannotated), and one target per label or region.
 
     ``target_weights``: target name -> relative chance of being drawn among its task's targets
     (default 1 for every target); a name no dataset has is an error.
@@ -207,7 +230,7 @@ def load_training_items(folders: Sequence, normalization: Normalization, progres
         for case in dataset.cases:
             images, label = case.load()
             items.append(LabelledImage(images[0], label, normalization.statistics(images[0].array),
-                                       dataset.name))
+                                       dataset.name, case.unannotated_values))
             if progress:
                 progress(f"loaded {dataset.name}/{case.case_id}")
     unknown = sorted(set(weights) - {t.name for t in targets})

@@ -17,18 +17,20 @@ from .clicks import component_centre, jittered_box
 
 @dataclass
 class LabelledImage:
-    """An image, its label map (same grid) and its normalisation statistics."""
+    """An image, its label map (same grid) and its normalisation statistics; ``unannotated``: the
+    label values the case leaves unknown (partially labelled data)."""
 
     image: Volume
     label: Volume
     stats: tuple[float, float]
     task: str = ""
+    unannotated: frozenset[int] = frozenset()
 
 
 @dataclass
 class CropSample:
-    """One training crop: ``image`` (S, S, S) normalised, ``truth`` (S, S, S) bool, axes (k, j, i);
-    first prompt as crop-voxel (i, j, k) ``coords`` (N, 3) with prompt-kind ``labels`` (N,); the
+    """One training crop: ``image`` (S, S, S) normalised, ``truth`` (S, S, S) bool (float32
+    probabilities when ``soft``: a soft label from an expert), axes (k, j, i); first prompt as crop-voxel (i, j, k) ``coords`` (N, 3) with prompt-kind ``labels`` (N,); the
     crop's ``grid`` in RAS and the ``source`` image it was cut from (for models that see the same
     region differently, like the amalgamation's experts)."""
 
@@ -40,13 +42,18 @@ class CropSample:
     target: str
     grid: Optional[Grid] = None
     source: Optional[LabelledImage] = None
+    soft: bool = False
 
 
 def make_crop_sample(item: LabelledImage, target: str, values: Sequence[int], normalization: Normalization,
                      crop_size: int, base_spacing: float, max_spacing: float,
                      rng: np.random.Generator, box_probability: float = 0.5,
-                     first: frozenset = frozenset({"box", "click"})) -> Optional[CropSample]:
+                     first: frozenset = frozenset({"box", "click"}),
+                     probability: Optional[np.ndarray] = None) -> Optional[CropSample]:
     """A crop around one target (the union of label ``values``), or None if the target is absent.
+
+    ``probability``: the target's soft truth (k, j, i) on the image's grid, instead of the label map
+    (prompts and crop follow where it is > 0.5; the crop's truth is it, resampled trilinearly).
 
     ``first``: the first prompts that identify the target (see
     :func:`~ka2er_core.training.clicks.first_prompts`). When both do, with ``box_probability`` the
@@ -56,7 +63,7 @@ def make_crop_sample(item: LabelledImage, target: str, values: Sequence[int], no
     object (the two regimes of the session's zoom-out).
     """
     volume = item.image
-    truth_full = np.isin(item.label.array, values)
+    truth_full = np.isin(item.label.array, values) if probability is None else probability > 0.5
     if not truth_full.any():
         return None
     use_box = "box" in first and ("click" not in first or rng.random() < box_probability)
@@ -90,8 +97,11 @@ def make_crop_sample(item: LabelledImage, target: str, values: Sequence[int], no
     image = resample(volume.array, volume.ijk_to_ras, crop, order=1, fill=fill)
     image = normalization.apply(image, item.stats)
     image = image * np.exp(rng.uniform(-0.1, 0.1)) + rng.uniform(-0.1, 0.1)  # intensity jitter
-    truth = resample(truth_full.astype(np.uint8), volume.ijk_to_ras, crop, order=0) > 0
-    if not truth.any():
+    if probability is None:
+        truth = resample(truth_full.astype(np.uint8), volume.ijk_to_ras, crop, order=0) > 0
+    else:
+        truth = resample(probability, volume.ijk_to_ras, crop, order=1, fill=0.0).astype(np.float32)
+    if not (truth > 0.5).any():
         return None
     if use_box:
         corners = ras_to_ijk(np.array([box_low, box_high]), crop.ijk_to_ras)
@@ -103,4 +113,4 @@ def make_crop_sample(item: LabelledImage, target: str, values: Sequence[int], no
         coords = ras_to_ijk(click, crop.ijk_to_ras)[None]
         labels = np.array([POSITIVE])
     return CropSample(image.astype(np.float32), truth, coords.astype(np.float32), labels,
-                      item.task, target, crop, item)
+                      item.task, target, crop, item, soft=probability is not None)

@@ -22,7 +22,10 @@ from ka2er_core.io import load_volume, save_volume
 from ka2er_core.modeling.normalization import Normalization
 from ka2er_core.training.expert import train_expert
 from ka2er_core.training.losses import per_item_dice_bce, weighted_mean
-from ka2er_core.training.promptable import CropSampler, load_training_items
+from ka2er_core.modeling.amalgamation import AmalgamationLayer, match_expert_stages
+from ka2er_core.training.amalgamate import (STUDENT_FACTORS, STUDENT_STAGES, AmalgamatedStudent,
+                                            AmalgamationSampler, AmalgamationStep)
+from ka2er_core.training.promptable import CropSampler, load_training_items, starting_model
 from ka2er_core.training.soft_labels import ExpertSoftLabels
 from ka2er_core.volume import Volume
 
@@ -195,6 +198,36 @@ def test_item_weights_scale_each_items_loss():
     torch.testing.assert_close(weighted_mean(per_item.detach()), per_item.detach().mean())
 
 
+def test_soft_items_count_soft_label_weight_in_the_segmentation_losses(partial):
+    folder, _, expert_path, _ = partial
+    expert = load_expert(expert_path)
+    start = starting_model(None, None, 4.0, 8.0)
+    items, targets = load_training_items([folder], start.normalization,
+                                         target_weights={"white matter": 20})
+    crops = CropSampler(items, targets, start.normalization, start.crop_size, 4.0, 8.0, 2,
+                        max_extra_clicks=0, correct_probability=0,
+                        soft_labels=ExpertSoftLabels([expert]))
+    sampler = AmalgamationSampler(crops, [expert])
+    batch = next(b for b in (sampler(s, np.random.default_rng(s)) for s in range(40)) if b["soft"].all())
+    channels = [h.shape[1] for h in start.model.image_encoder.backbone_features(
+        torch.zeros(1, 1, 64, 64, 64))]
+    expert_channels = [[expert.plan.filters[i]
+                        for i in match_expert_stages(STUDENT_FACTORS, expert.plan.stage_factors)]]
+    layer = AmalgamationLayer([channels[s] for s in STUDENT_STAGES], expert_channels, hidden=16, heads=2)
+    trainable = AmalgamatedStudent(start.model, layer)
+    results = {}
+    for weight in (0.0, 1.0):
+        step = AmalgamationStep(trainable, [expert], distill_weight=0.5, soft_label_weight=weight)
+        torch.manual_seed(0)
+        with torch.no_grad():
+            results[weight] = step.eval()(**batch)
+    loss, metrics = results[0.0]
+    assert float(metrics["soft_items"]) == 1.0
+    # Every item soft at weight 0: only the distillation term is left.
+    torch.testing.assert_close(loss, 0.5 * metrics["distill"])
+    assert float(results[1.0][0]) > float(loss) + 0.1
+
+
 def test_evaluation_skips_targets_a_case_does_not_annotate(partial, tmp_path):
     folder = copy_of(partial[0], tmp_path)
     drop_annotations_test(folder, load_dataset(folder).test_cases[0])
@@ -218,15 +251,15 @@ def test_amalgamate_distils_soft_labels_from_the_command_line(partial, tmp_path)
     out = tmp_path / "student"
     arguments = ["amalgamate", "--dataset", str(folder), "--expert", str(expert), "--out", str(out),
                  "--steps", "4", "--batch-size", "2", "--hidden", "16", "--heads", "2",
-                 "--base-spacing", "4", "--max-spacing", "8", "--soft-label-weight", "0.5",
+                 "--base-spacing", "4", "--max-spacing", "8", "--soft-label-weight", "1",
                  "--target-weight", "white matter=20"]
     done = subprocess.run([sys.executable, "-m", "ka2er_core.cli"] + arguments, capture_output=True,
                           text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr
-    assert "soft labels (weight 0.5): 2 partially labelled cases, 2 of them covered" in done.stderr
+    assert "soft labels (weight 1): 2 partially labelled cases, 2 of them covered" in done.stderr
     assert "soft_items" in done.stderr
     training = read_manifest(out)["training"]
-    assert training["soft_label_weight"] == 0.5 and "expert soft labels" in training["method"]
+    assert training["soft_label_weight"] == 1 and "expert soft labels" in training["method"]
     assert training["final"]["soft_items"] > 0
     bad = subprocess.run([sys.executable, "-m", "ka2er_core.cli"] + arguments[:-4]
                          + ["--soft-label-weight", "-1"], capture_output=True, text=True, timeout=120)

@@ -6,7 +6,9 @@ import torch
 
 from ka2er_core.modeling import ModelConfig, PromptableSegmenter
 from ka2er_core.modeling.prompt_encoder import BOX_HIGH, BOX_LOW, NEGATIVE, PAD, POSITIVE
-from ka2er_core.training.promptable import with_point_features
+from ka2er_core.bundle import Segmenter, save_bundle
+from ka2er_core.modeling.normalization import Normalization
+from ka2er_core.training.promptable import starting_model, with_point_features
 
 
 def crop_with_two_tissues(size=64):
@@ -35,6 +37,15 @@ def test_a_model_without_point_features_gains_them_and_answers_as_before():
         after = upgraded(image, coords, labels)
     torch.testing.assert_close(after[0], before[0], rtol=0, atol=0)
     torch.testing.assert_close(after[1], before[1], rtol=0, atol=0)
+
+
+def test_fine_tuning_adds_point_features_only_when_asked(tmp_path):
+    config = replace(ModelConfig.tiny(), point_features=False)
+    save_bundle(tmp_path / "old", Segmenter("general", PromptableSegmenter(config).eval(),
+                                            Normalization("mr"), 1.5, 4.0))
+    assert starting_model(None, tmp_path / "old").model.point_features is None
+    assert starting_model(None, tmp_path / "old", point_features=True).model.point_features is not None
+    assert starting_model(None, None).model.point_features is not None  # new models have them
 
 
 def test_point_features_tell_the_tissue_under_each_click_and_learn():

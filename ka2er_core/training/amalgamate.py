@@ -49,23 +49,25 @@ class AmalgamatedStudent(nn.Module):
 
 class AmalgamationStep(nn.Module):
     """``forward(images, expert_images, expert_ratios, truths, coords, labels, start_masks,
-    extra_clicks, label_weights)``.
+    extra_clicks, soft)``.
 
     images, truths (B, 1, S, S, S) the student's crops (truths in [0, 1]: soft labels are fine);
     ``expert_images[e][b]`` (1, 1, D, H, W) the region around the same centre, normalised and sampled
     for expert e (sizes may differ per item); ``expert_ratios[e][b]`` (i, j, k) the crop's extent over
-    that region's; ``label_weights`` (B,) each item's weight in the segmentation losses (None: 1);
-    the rest as :class:`~ka2er_core.training.promptable.PromptableStep`.
+    that region's; ``soft`` (B,) bool: items whose truth is an expert's soft label, weighted
+    ``soft_label_weight`` in the segmentation losses (None: no such items); the rest as
+    :class:`~ka2er_core.training.promptable.PromptableStep`.
     """
 
     def __init__(self, trainable: AmalgamatedStudent, experts: Sequence[TaskExpert],
-                 distill_weight: float = 1.0):
+                 distill_weight: float = 1.0, soft_label_weight: float = 1.0):
         super().__init__()
         self.trainable = trainable
         self.experts = nn.ModuleList(experts).requires_grad_(False).eval()
         self.stages = [match_expert_stages(STUDENT_FACTORS, expert.plan.stage_factors)
                        for expert in experts]
         self.distill_weight = distill_weight
+        self.soft_label_weight = soft_label_weight
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -87,7 +89,7 @@ class AmalgamationStep(nn.Module):
         return features
 
     def forward(self, images, expert_images, expert_ratios, truths, coords, labels,
-                start_masks=None, extra_clicks: int = 0, label_weights=None):
+                start_masks=None, extra_clicks: int = 0, soft=None):
         student, layer = self.trainable.student, self.trainable.layer
         encoder = student.image_encoder
         hidden = encoder.backbone_features(images)
@@ -100,6 +102,8 @@ class AmalgamationStep(nn.Module):
         gold = encoder.from_hidden(images, gold_hidden)
         coords, labels, previous = simulate_prompts(student, own, truths, coords, labels,
                                                     start_masks, extra_clicks)
+        label_weights = None if soft is None else \
+            torch.where(soft, self.soft_label_weight, 1.0).to(truths.device)
         gold_loss, gold_dice = prompted_loss(student, gold, coords, labels, previous, truths,
                                              label_weights)
         own_loss, own_dice = prompted_loss(student, own, coords, labels, previous, truths,
@@ -108,8 +112,8 @@ class AmalgamationStep(nn.Module):
         weights = torch.cat([w.mean(dim=(0, 1))[None] for w in amalgamated.expert_weights]).mean(0)
         metrics = {"dice": own_dice.mean().detach(), "dice_gold": gold_dice.mean().detach(),
                    "distill": distill.detach(), "task_agnostic_weight": weights[-1].detach()}
-        if label_weights is not None:
-            metrics["soft_items"] = (label_weights != 1).float().mean()
+        if soft is not None:
+            metrics["soft_items"] = soft.float().mean()
         return gold_loss + own_loss + self.distill_weight * distill, metrics
 
 
@@ -159,14 +163,12 @@ class ExpertView:
 
 
 class AmalgamationSampler:
-    """The promptable crops of :class:`CropSampler`, each also cut out for every expert; with
-    ``soft_label_weight`` (the crops' sampler then has soft labels) each item's loss weight too."""
+    """The promptable crops of :class:`CropSampler`, each also cut out for every expert; when the
+    crops' sampler has soft labels, which items' truths are soft labels."""
 
-    def __init__(self, crops: CropSampler, experts: Sequence[TaskExpert],
-                 soft_label_weight: Optional[float] = None):
+    def __init__(self, crops: CropSampler, experts: Sequence[TaskExpert]):
         self.crops = crops
         self.views = [ExpertView(expert) for expert in experts]
-        self.soft_label_weight = soft_label_weight
 
     def __call__(self, step: int, rng: np.random.Generator) -> dict:
         samples = [self.crops.sample(rng) for _ in range(self.crops.batch_size)]
@@ -174,9 +176,8 @@ class AmalgamationSampler:
         views = [[view(sample) for sample in samples] for view in self.views]
         batch["expert_images"] = [[image for image, _ in per_expert] for per_expert in views]
         batch["expert_ratios"] = [[ratio for _, ratio in per_expert] for per_expert in views]
-        if self.soft_label_weight is not None:
-            batch["label_weights"] = torch.tensor([self.soft_label_weight if sample.soft else 1.0
-                                                   for sample in samples])
+        if self.crops.soft_labels is not None:
+            batch["soft"] = torch.tensor([sample.soft for sample in samples])
         return batch
 
 
@@ -186,19 +187,20 @@ def amalgamate(folders: Sequence, expert_paths: Sequence, out: Path, *, steps: i
                max_spacing: Optional[float] = None,
                hidden: int = 64, heads: int = 4, distill_weight: float = 1.0, lr: float = 1e-3,
                seed: int = 0, target_weights: Optional[Mapping[str, float]] = None,
-               soft_label_weight: float = 0.0, progress=None) -> Path:
+               soft_label_weight: float = 0.0, point_features: bool = False, progress=None) -> Path:
     """``ka2er amalgamate``: train a KA2ER student (from scratch, or from bundle ``init``) with the
     frozen experts of ``expert_paths``; write the student alone as a bundle. ``target_weights`` as
     :func:`~ka2er_core.training.promptable.load_training_items`. ``soft_label_weight`` > 0 also
     trains on the targets partially labelled cases leave unannotated, with their task expert's soft
-    labels, at that loss weight (0: such targets are not drawn for those cases)."""
+    labels, at that loss weight (0: such targets are not drawn for those cases). ``point_features``
+    as :func:`~ka2er_core.training.promptable.starting_model`."""
     from ..bundle import load_expert
 
     if not (math.isfinite(soft_label_weight) and soft_label_weight >= 0):
         raise ValueError(f"soft_label_weight: expected a finite weight >= 0, got {soft_label_weight}")
     torch.manual_seed(seed)
     experts = [load_expert(path) for path in expert_paths]
-    start = starting_model(config, init, base_spacing, max_spacing)
+    start = starting_model(config, init, base_spacing, max_spacing, point_features)
     model, normalization = start.model, start.normalization
     items, targets = load_training_items(folders, normalization, progress, target_weights)
     with torch.no_grad():  # channels of every source, read off one forward pass of a tiny input
@@ -221,9 +223,8 @@ def amalgamate(folders: Sequence, expert_paths: Sequence, out: Path, *, steps: i
         progress(f"soft labels (weight {soft_label_weight:g}): {len(partial)} partially labelled "
                  f"cases, {covered} of them covered by their task's expert")
     loop = LoopConfig(steps=steps, lr=lr, seed=seed, checkpoint_every=max(10, min(200, steps // 10)))
-    summary = train_loop(AmalgamationStep(trainable, experts, distill_weight), trainable,
-                         AmalgamationSampler(crops, experts, soft_label_weight if soft_labels else None),
-                         loop, Path(out), progress)
+    summary = train_loop(AmalgamationStep(trainable, experts, distill_weight, soft_label_weight),
+                         trainable, AmalgamationSampler(crops, experts), loop, Path(out), progress)
     save_student(out, start, folders, targets, len(items),
                  {"method": "KA2ER amalgamation: gold-feature and own-feature segmentation, "
                             "feature distillation" + (", expert soft labels" if soft_labels else "")

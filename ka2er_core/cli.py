@@ -73,7 +73,7 @@ def run_train(args: argparse.Namespace) -> int:
                            config=config, init=args.init, base_spacing=args.base_spacing,
                            max_spacing=args.max_spacing, lr=args.lr, seed=args.seed,
                            target_weights=dict(args.target_weight),
-                           point_features=args.point_features, progress=progress_printer("train"))
+                           progress=progress_printer("train"))
     print(out)
     return 0
 
@@ -88,8 +88,7 @@ def run_amalgamate(args: argparse.Namespace) -> int:
                      base_spacing=args.base_spacing, max_spacing=args.max_spacing,
                      hidden=args.hidden, heads=args.heads, distill_weight=args.distill_weight,
                      lr=args.lr, seed=args.seed, target_weights=dict(args.target_weight),
-                     soft_label_weight=args.soft_label_weight, point_features=args.point_features,
-                     progress=progress_printer("amalgamate"))
+                     soft_label_weight=args.soft_label_weight, progress=progress_printer("amalgamate"))
     print(out)
     return 0
 
@@ -244,9 +243,6 @@ def add_promptable_training_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--init", type=Path, default=None,
                         help="start from this bundle's promptable model (fine-tuning) instead of "
                              "random weights")
-    parser.add_argument("--point-features", action="store_true",
-                        help="with --init: give the model point features (clicks carry the fine "
-                             "image features under them) if it has none; new models always have them")
     parser.add_argument("--steps", type=positive_int, default=2000, help="optimizer steps (default 2000)")
     parser.add_argument("--batch-size", type=positive_int, default=2, help="crops per step and process")
     parser.add_argument("--size", choices=("tiny", "full"), default="tiny",

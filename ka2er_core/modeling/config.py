@@ -13,8 +13,7 @@ class ModelConfig:
     ``crop_size`` is the side of the cubic model-space crop in voxels; the image embedding has
     ``crop_size / 8`` tokens per side. ``encoder_*`` configure MONAI's Swin transformer (the SwinUNETR
     backbone), ``dim`` the prompt/decoder width, ``fine_channels`` the full-resolution features the
-    final mask is refined with. ``point_features``: clicks also carry the fine features under them
-    (:class:`~ka2er_core.modeling.point_features.PointFeatures`; off in bundles made before it).
+    final mask is refined with.
     """
 
     crop_size: int = 64
@@ -28,7 +27,6 @@ class ModelConfig:
     decoder_heads: int = 4
     decoder_mlp_dim: int = 384
     fine_channels: int = 8
-    point_features: bool = False
 
     def __post_init__(self):
         if self.crop_size % 32:
@@ -55,10 +53,10 @@ class ModelConfig:
     def tiny(cls) -> "ModelConfig":
         """The CPU configuration of the demo and the tests."""
         return cls(crop_size=64, encoder_embed_dim=12, dim=64, decoder_mlp_dim=256,
-                   decoder_heads=4, fine_channels=8, point_features=True)
+                   decoder_heads=4, fine_channels=8)
 
     @classmethod
     def full(cls) -> "ModelConfig":
         """A GPU configuration (SwinUNETR's default width, 128^3 crops)."""
         return cls(crop_size=128, encoder_embed_dim=48, dim=256, decoder_mlp_dim=1024,
-                   decoder_heads=8, fine_channels=16, point_features=True)
+                   decoder_heads=8, fine_channels=16)

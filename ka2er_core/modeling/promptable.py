@@ -10,7 +10,6 @@ from torch import nn
 from .config import ModelConfig
 from .image_encoder import ImageEmbedding, ImageEncoder
 from .mask_decoder import MaskDecoder
-from .point_features import PointFeatures
 from .prompt_encoder import PromptEncoder
 
 
@@ -22,9 +21,6 @@ class PromptableSegmenter(nn.Module):
         self.config = config
         self.image_encoder = ImageEncoder(config)
         self.prompt_encoder = PromptEncoder(config.dim, config.crop_size)
-        self.point_features = (PointFeatures(config.fine_channels + config.dim // 4 + config.dim // 2,
-                                             config.dim, config.crop_size)
-                               if config.point_features else None)
         self.mask_decoder = MaskDecoder(config)
 
     def embed(self, image: torch.Tensor) -> ImageEmbedding:
@@ -39,8 +35,6 @@ class PromptableSegmenter(nn.Module):
         previous mask in [0, 1] or None.
         """
         sparse, dense = self.prompt_encoder(coords, labels, mask)
-        if self.point_features is not None:
-            sparse = sparse + self.point_features(embedding, coords, labels)
         return self.mask_decoder(embedding, self.prompt_encoder.dense_pe(), sparse, dense)
 
     def forward(self, image, coords, labels, mask=None):

@@ -187,20 +187,19 @@ def amalgamate(folders: Sequence, expert_paths: Sequence, out: Path, *, steps: i
                max_spacing: Optional[float] = None,
                hidden: int = 64, heads: int = 4, distill_weight: float = 1.0, lr: float = 1e-3,
                seed: int = 0, target_weights: Optional[Mapping[str, float]] = None,
-               soft_label_weight: float = 0.0, point_features: bool = False, progress=None) -> Path:
+               soft_label_weight: float = 0.0, progress=None) -> Path:
     """``ka2er amalgamate``: train a KA2ER student (from scratch, or from bundle ``init``) with the
     frozen experts of ``expert_paths``; write the student alone as a bundle. ``target_weights`` as
     :func:`~ka2er_core.training.promptable.load_training_items`. ``soft_label_weight`` > 0 also
     trains on the targets partially labelled cases leave unannotated, with their task expert's soft
-    labels, at that loss weight (0: such targets are not drawn for those cases). ``point_features``
-    as :func:`~ka2er_core.training.promptable.starting_model`."""
+    labels, at that loss weight (0: such targets are not drawn for those cases)."""
     from ..bundle import load_expert
 
     if not (math.isfinite(soft_label_weight) and soft_label_weight >= 0):
         raise ValueError(f"soft_label_weight: expected a finite weight >= 0, got {soft_label_weight}")
     torch.manual_seed(seed)
     experts = [load_expert(path) for path in expert_paths]
-    start = starting_model(config, init, base_spacing, max_spacing, point_features)
+    start = starting_model(config, init, base_spacing, max_spacing)
     model, normalization = start.model, start.normalization
     items, targets = load_training_items(folders, normalization, progress, target_weights)
     with torch.no_grad():  # channels of every source, read off one forward pass of a tiny input

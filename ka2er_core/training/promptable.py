@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
 
@@ -248,13 +248,11 @@ def load_training_items(folders: Sequence, normalization: Normalization, progres
 
 
 def starting_model(config: Optional[ModelConfig], init: Optional[Path],
-                   base_spacing: Optional[float] = None, max_spacing: Optional[float] = None,
-                   point_features: bool = False):
+                   base_spacing: Optional[float] = None, max_spacing: Optional[float] = None):
     """The promptable model to train, as a :class:`~ka2er_core.bundle.Segmenter`: bundle ``init``'s
-    first member to fine-tune (its architecture and normalisation win; with ``point_features`` it
-    gains them if it has none, see :func:`with_point_features`; its crop spacings unless given), or
-    a new model of ``config`` (default: tiny) with "auto" normalisation and spacings 1.5 and 4.0 mm
-    unless given."""
+    first member to fine-tune (its architecture and normalisation win; its crop spacings unless
+    given), or a new model of ``config`` (default: tiny) with "auto" normalisation and spacings 1.5
+    and 4.0 mm unless given."""
     from ..bundle import BundleError, Segmenter, load_bundle
 
     if init is None:
@@ -263,22 +261,8 @@ def starting_model(config: Optional[ModelConfig], init: Optional[Path],
     member = load_bundle(init).default
     if not isinstance(member, Segmenter):
         raise BundleError("not a promptable model: nothing to fine-tune", path=init, field="kind")
-    model = with_point_features(member.model) if point_features else member.model
-    return Segmenter("general", model.train(), member.normalization,
+    return Segmenter("general", member.model.train(), member.normalization,
                      base_spacing or member.base_spacing, max_spacing or member.max_spacing)
-
-
-def with_point_features(model: PromptableSegmenter) -> PromptableSegmenter:
-    """``model`` itself if its clicks carry point features, else a copy that has them: the same
-    weights and a zero-initialised :class:`~ka2er_core.modeling.point_features.PointFeatures`, which
-    answers exactly as ``model`` until trained."""
-    if model.config.point_features:
-        return model
-    upgraded = PromptableSegmenter(replace(model.config, point_features=True))
-    missing, unexpected = upgraded.load_state_dict(model.state_dict(), strict=False)
-    if unexpected or not all(key.startswith("point_features.") for key in missing):
-        raise RuntimeError(f"cannot add point features: unexpected {unexpected}, missing {missing}")
-    return upgraded
 
 
 def save_student(out: Path, start, folders: Sequence, targets, cases: int, training: dict) -> None:
@@ -300,14 +284,12 @@ def train_promptable(folders: Sequence, out: Path, *, steps: int, batch_size: in
                      config: Optional[ModelConfig] = None, init: Optional[Path] = None,
                      base_spacing: Optional[float] = None, max_spacing: Optional[float] = None,
                      lr: float = 1e-3, seed: int = 0,
-                     target_weights: Optional[Mapping[str, float]] = None, point_features: bool = False,
-                     progress=None) -> Path:
+                     target_weights: Optional[Mapping[str, float]] = None, progress=None) -> Path:
     """``ka2er train``: train the general promptable model on dataset folders (from scratch, or
     fine-tuning bundle ``init``: plain multi-task training); write a bundle. Spacings as
-    :func:`starting_model` (as is ``point_features``); ``target_weights`` as
-    :func:`load_training_items`."""
+    :func:`starting_model`; ``target_weights`` as :func:`load_training_items`."""
     torch.manual_seed(seed)
-    start = starting_model(config, init, base_spacing, max_spacing, point_features)
+    start = starting_model(config, init, base_spacing, max_spacing)
     items, targets = load_training_items(folders, start.normalization, progress, target_weights)
     sampler = CropSampler(items, targets, start.normalization, start.crop_size, start.base_spacing,
                           start.max_spacing, batch_size)

@@ -26,6 +26,7 @@ from ka2er_core.inference import InteractiveSession
 from ka2er_core.modeling import ModelConfig, PromptableSegmenter
 from ka2er_core.modeling.gate import Gate
 from ka2er_core.modeling.normalization import Normalization
+from ka2er_core.modeling.prompt_encoder import NEGATIVE, POSITIVE
 from ka2er_core.training.gate import hold_out_last_case
 from ka2er_core.training.samples import LabelledImage
 
@@ -112,24 +113,32 @@ def test_gate_reads_fine_stages_at_the_prompts_and_older_gates_still_load(tiny_m
     general = members[0].model
     embedding = general.embed(torch.randn(1, 1, 64, 64, 64))
     # crop voxel (i, j, k) = 2 m + 0.5 is the centre of cell m of the 32^3 finest stage
-    coords, labels = torch.tensor([[[20.5, 30.5, 40.5]]]), torch.tensor([[1]])
+    coords, labels = torch.tensor([[[20.5, 30.5, 40.5]]]), torch.tensor([[POSITIVE]])
     features = gate.inputs(general, embedding, coords, labels)
     assert gate.prompt_stages == [0, 1] and features.shape[1] == gate.norm.normalized_shape[0]
-    fine = embedding.hidden_states[0]  # (1, C0, 32, 32, 32), axes (k, j, i)
-    extra = sum(gate.stage_channels[s] for s in (0, 1))
-    sampled = features[0, -extra:][:fine.shape[1]]
-    torch.testing.assert_close(sampled, fine[0, :, 20, 15, 10])
+    stage = embedding.hidden_states[0]  # (1, C0, 32, 32, 32), axes (k, j, i)
+    under_click = gate.fine_channels
+    extra = sum(gate.stage_channels[s] for s in (0, 1)) + under_click
+    sampled = features[0, -extra:][:stage.shape[1]]
+    torch.testing.assert_close(sampled, stage[0, :, 20, 15, 10])
+    # The full-resolution features at the positive click: halfway between voxels 20 and 21 (i),
+    # 30 and 31 (j), 40 and 41 (k), i.e. the mean of that 2^3 block; a negative click gives 0.
+    assert under_click == general.config.fine_channels
+    block = embedding.fine[0, :, 40:42, 30:32, 20:22].mean((1, 2, 3))
+    torch.testing.assert_close(features[0, -under_click:], block)
+    negative = gate.inputs(general, embedding, coords, torch.tensor([[NEGATIVE]]))
+    assert torch.count_nonzero(negative[0, -under_click:]) == 0
 
     older = copy_of(path, tmp_path / "older")  # a gate written before prompt stages existed
-    plain = Gate.for_model(MEMBERS, general, prompt_stages=())
+    plain = Gate.for_model(MEMBERS, general, prompt_stages=(), fine=False)
     meta = json.loads((older / "bundle.json").read_text())
-    del meta["gate"]["prompt_stages"]
+    del meta["gate"]["prompt_stages"], meta["gate"]["fine_channels"]
     from safetensors.torch import save_file
     save_file(plain.state_dict(), str(older / "gate.safetensors"))
     meta["sha256"]["gate.safetensors"] = bundle_module.sha256(older / "gate.safetensors")
     (older / "bundle.json").write_text(json.dumps(meta))
     loaded = load_bundle(older).gate
-    assert loaded.prompt_stages == []
+    assert loaded.prompt_stages == [] and loaded.fine_channels == 0
     assert loaded.inputs(general, embedding, coords, labels).shape[1] == features.shape[1] - extra
 
 

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from .common import MLP
 from .image_encoder import ImageEmbedding
-from .prompt_encoder import PAD
+from .prompt_encoder import PAD, POSITIVE
 from .promptable import PromptableSegmenter
 
 
@@ -26,38 +26,42 @@ class Gate(nn.Module):
     ``members``: member names, the general model first. ``dim``, ``crop_size`` and
     ``stage_channels``: the general model's token width, crop side (voxels) and backbone stage
     widths. ``prompt_stages``: backbone stages also sampled at the prompts (the fine stages tell
-    the tissue under a click, which the coarse image tokens blur). ``threshold``: the selection
+    the tissue under a click, which the coarse image tokens blur). ``fine_channels``: if > 0, the
+    general model's full-resolution features (that many channels) sampled at the positive clicks,
+    the intensity under them (0 in gates made before it). ``threshold``: the selection
     threshold (see :func:`route`), chosen on validation data by ``ka2er train-gate``.
     """
 
     def __init__(self, members: Sequence[str], dim: int, crop_size: int,
                  stage_channels: Sequence[int], hidden: int = 128, threshold: float = 0.5,
-                 prompt_stages: Sequence[int] = ()):
+                 prompt_stages: Sequence[int] = (), fine_channels: int = 0):
         super().__init__()
         self.members = list(members)
         self.dim, self.crop_size, self.hidden = dim, crop_size, hidden
         self.stage_channels = list(stage_channels)
         self.prompt_stages = list(prompt_stages)
+        self.fine_channels = int(fine_channels)
         self.threshold = float(threshold)
         width = (2 * sum(self.stage_channels) + 4 * dim
-                 + sum(self.stage_channels[s] for s in self.prompt_stages))
+                 + sum(self.stage_channels[s] for s in self.prompt_stages) + self.fine_channels)
         self.norm = nn.LayerNorm(width)
         self.mlp = MLP(width, hidden, len(self.members), 2)
 
     @classmethod
     def for_model(cls, members: Sequence[str], general: PromptableSegmenter, hidden: int = 128,
-                  prompt_stages: Sequence[int] = (0, 1)) -> "Gate":
+                  prompt_stages: Sequence[int] = (0, 1), fine: bool = True) -> "Gate":
         """A new gate over ``members`` reading ``general``'s features."""
         config = general.config
         stages = [config.encoder_embed_dim * 2 ** s for s in range(len(config.encoder_depths) + 1)]
         return cls(members, config.dim, config.crop_size, stages, hidden,
-                   prompt_stages=prompt_stages)
+                   prompt_stages=prompt_stages, fine_channels=config.fine_channels if fine else 0)
 
     def config(self) -> dict:
         """What rebuilds this gate (stored in ``bundle.json``)."""
         return {"members": self.members, "dim": self.dim, "crop_size": self.crop_size,
                 "stage_channels": self.stage_channels, "hidden": self.hidden,
-                "threshold": self.threshold, "prompt_stages": self.prompt_stages}
+                "threshold": self.threshold, "prompt_stages": self.prompt_stages,
+                "fine_channels": self.fine_channels}
 
     def inputs(self, general: PromptableSegmenter, embedding: ImageEmbedding, coords: Tensor,
                labels: Tensor) -> Tensor:
@@ -65,12 +69,13 @@ class Gate(nn.Module):
         embedding of B crops and the prompts: coords (B, N, 3) crop-voxel (i, j, k), labels (B, N)
         prompt kinds (``PAD`` for none).
 
-        F = 2 sum(stage_channels) + 4 dim + sum(stage_channels[prompt_stages]): the mean and
+        F = 2 sum(stage_channels) + 4 dim + sum(stage_channels[prompt_stages]) + fine_channels: the mean and
         standard deviation over the crop of every backbone stage and of the image tokens
         (``embedding.embedding``, (B, dim, T, T, T), axes (k, j, i)): what the image looks like
         (modality, sequence, anatomy); the image tokens' mean over trilinear samples at the
         prompts; the mean of the general model's prompt tokens; the ``prompt_stages`` maps' mean
-        over samples at the prompts (what lies under the clicks).
+        over samples at the prompts (what lies under the clicks); with ``fine_channels``, the
+        full-resolution features' mean over samples at the positive clicks (0 without any).
         """
         tokens = embedding.embedding
         prompt_tokens, _ = general.prompt_encoder(coords, labels, None)  # (B, N, dim)
@@ -79,19 +84,22 @@ class Gate(nn.Module):
         # grid_sample wants (x, y, z) = (i, j, k) in [-1, 1]; align_corners=False: -1 is the crop's
         # outer edge, voxel -0.5.
         grid = (2 * (coords + 0.5) / self.crop_size - 1)[:, :, None, None]  # (B, N, 1, 1, 3)
-        def at_prompts(volume: Tensor) -> Tensor:  # (B, C, *, *, *) -> mean over prompts (B, C)
-            samples = F.grid_sample(volume, grid, mode="bilinear", padding_mode="border",
-                                    align_corners=False)[..., 0, 0].transpose(1, 2)  # (B, N, C)
-            return (samples * real).sum(1) / count
+        def at_prompts(volume: Tensor, which: Tensor = real) -> Tensor:
+            """(B, C, *, *, *) -> mean (B, C) over the prompts ``which`` (B, N, 1) marks."""
+            samples = F.grid_sample(volume.expand(len(grid), -1, -1, -1, -1), grid, mode="bilinear",
+                                    padding_mode="border", align_corners=False)[..., 0, 0]
+            return (samples.transpose(1, 2) * which).sum(1) / which.sum(1).clamp(min=1)
 
         maps = [*embedding.hidden_states, tokens]
         means = [x.mean((2, 3, 4)) for x in maps]
         # sqrt(E[x^2] - E[x]^2): a fifth of torch.std's time on these layouts, on CPU
         spreads = [((x * x).mean((2, 3, 4)) - mean ** 2).clamp(min=0).sqrt()
                    for x, mean in zip(maps, means)]
+        under_clicks = [at_prompts(embedding.fine, (labels == POSITIVE).float()[..., None])
+                        ] if self.fine_channels else []
         return torch.cat([*means, *spreads, at_prompts(tokens), (prompt_tokens * real).sum(1) / count,
-                          *(at_prompts(embedding.hidden_states[s]) for s in self.prompt_stages)],
-                         dim=1)
+                          *(at_prompts(embedding.hidden_states[s]) for s in self.prompt_stages),
+                          *under_clicks], dim=1)
 
     def forward(self, features: Tensor) -> Tensor:
         """features (B, F) from :meth:`inputs` -> logits (B, M), one per member."""

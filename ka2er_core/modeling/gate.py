@@ -69,8 +69,8 @@ class Gate(nn.Module):
         embedding of B crops and the prompts: coords (B, N, 3) crop-voxel (i, j, k), labels (B, N)
         prompt kinds (``PAD`` for none).
 
-        F = 2 sum(stage_channels) + 4 dim + sum(stage_channels[prompt_stages]) + fine_channels: the mean and
-        standard deviation over the crop of every backbone stage and of the image tokens
+        F = 2 sum(stage_channels) + 4 dim + sum(stage_channels[prompt_stages]) + fine_channels:
+        the mean and standard deviation over the crop of every backbone stage and of the image tokens
         (``embedding.embedding``, (B, dim, T, T, T), axes (k, j, i)): what the image looks like
         (modality, sequence, anatomy); the image tokens' mean over trilinear samples at the
         prompts; the mean of the general model's prompt tokens; the ``prompt_stages`` maps' mean

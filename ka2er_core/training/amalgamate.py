@@ -8,7 +8,8 @@ mask decoder. Loss = prompted segmentation on the gold features + the same on th
 features + a distillation term pulling the student's projected features to the gold ones; optionally,
 on partially labelled data, soft-label distillation: crops of targets a case leaves unannotated, with
 the expert's soft label of them as truth (:mod:`~ka2er_core.training.soft_labels`), their
-segmentation losses weighted by ``soft_label_weight``. Only the student and the layer train; the saved bundle holds the student alone, which runs in
+segmentation losses weighted by ``soft_label_weight``. Only the student and the layer train; the
+saved bundle holds the student alone, which runs in
 :class:`~ka2er_core.inference.InteractiveSession` with no expert loaded.
 """
 

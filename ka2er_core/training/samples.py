@@ -30,9 +30,10 @@ class LabelledImage:
 @dataclass
 class CropSample:
     """One training crop: ``image`` (S, S, S) normalised, ``truth`` (S, S, S) bool (float32
-    probabilities when ``soft``: a soft label from an expert), axes (k, j, i); first prompt as crop-voxel (i, j, k) ``coords`` (N, 3) with prompt-kind ``labels`` (N,); the
-    crop's ``grid`` in RAS and the ``source`` image it was cut from (for models that see the same
-    region differently, like the amalgamation's experts)."""
+    probabilities when ``soft``: a soft label from an expert), axes (k, j, i); first prompt as
+    crop-voxel (i, j, k) ``coords`` (N, 3) with prompt-kind ``labels`` (N,); the crop's ``grid`` in
+    RAS and the ``source`` image it was cut from (for models that see the same region differently,
+    like the amalgamation's experts)."""
 
     image: np.ndarray
     truth: np.ndarray

@@ -15,7 +15,7 @@ work=$1
 expert_steps=${2:-400}
 student_steps=${3:-400}
 member_steps=${4:-400}
-gate_steps=${5:-10000}
+gate_steps=${5:-6000}
 root=$(cd "$(dirname "$0")/.." && pwd)
 tasks=(Dataset001_MNIT1 Dataset002_MNIT2like Dataset003_CTPhantom Dataset004_MRPhantom)
 
@@ -30,7 +30,7 @@ for pair in "Dataset001_MNIT1:mni-t1-wm" "Dataset002_MNIT2like:mni-t2-wm"; do
     --steps "$member_steps" --batch-size 2 --lr 3e-4 --seed 1 "${white_matter_only[@]}"
 done
 ka2er train-gate --general "$student" --member "$work/members/mni-t1-wm" --member "$work/members/mni-t2-wm" \
-  "${datasets[@]}" --out "$work/moe" --steps "$gate_steps" --reuse 50 --batch-size 2 --validation-crops 128 \
+  "${datasets[@]}" --out "$work/moe" --steps "$gate_steps" --reuse 10 --batch-size 2 --validation-crops 128 \
   --seed 0 --target-weight "white matter=4"
 ka2er evaluate --bundle "$student" --bundle "$work/members/mni-t1-wm" --bundle "$work/members/mni-t2-wm" \
   --bundle "$work/moe" "${datasets[@]}" --prompts 5 --first auto --out "$work/evaluation-moe"

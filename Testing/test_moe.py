@@ -1,6 +1,6 @@
 """SAM-Med3D-MoE: moe bundles (round trip, checksums, members read on first use), routing in the
-session (the gate's choice follows the task, pinning bypasses it, other bundles never call it),
-ka2er finetune and ka2er train-gate."""
+session (the gate's choice follows the task, a target keeps its member for corrections, pinning
+bypasses the gate, other bundles never call it), ka2er finetune and ka2er train-gate."""
 
 import copy
 import json
@@ -26,8 +26,10 @@ from ka2er_core.inference import InteractiveSession
 from ka2er_core.modeling import ModelConfig, PromptableSegmenter
 from ka2er_core.modeling.gate import Gate
 from ka2er_core.modeling.normalization import Normalization
-from ka2er_core.modeling.prompt_encoder import NEGATIVE, POSITIVE
-from ka2er_core.training.gate import hold_out_last_case
+from ka2er_core.modeling.prompt_encoder import (BOX_HIGH, BOX_LOW, FLAT_BOX_HIGH,
+                                                FLAT_BOX_LOW, NEGATIVE, PAD, POSITIVE)
+from ka2er_core.training.gate import PROMPT_SETS, hold_out_last_case, train_gate
+from ka2er_core.training.promptable import CropSampler, load_training_items
 from ka2er_core.training.samples import LabelledImage
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -79,6 +81,15 @@ def centre_ras(volume, offset=(0, 0, 0)):
 def copy_of(path: Path, destination: Path) -> Path:
     shutil.copytree(path, destination)
     return destination
+
+
+def always(gate: Gate, member: str) -> None:
+    """Make ``gate`` pick ``member`` whatever it sees."""
+    with torch.no_grad():
+        bias = torch.zeros(len(gate.members))
+        bias[gate.members.index(member)] = 100.0
+        gate.mlp.layers[-1].bias.copy_(bias)
+    gate.threshold = 0.5
 
 
 def test_moe_bundle_round_trip_checksums_and_shared_normalisation(tiny_moe, tmp_path):
@@ -182,6 +193,7 @@ def test_the_gate_routes_each_task_to_the_member_that_segments_it(phantoms, tmp_
                  "--lr", "0.01", "--temperature", "0.05", "--validation-crops", "6"]) == 0
     bundle = load_bundle(out)
     assert list(bundle.members) == ["general", "MRPhantom"]
+    assert bundle.meta["training"]["prompts"] == "first"
     selection = bundle.meta["metrics"]["gate_selection"]
     assert bundle.gate.threshold == selection["threshold"] < 1
     assert selection["dice_routed"] > selection["dice_general"] + 0.02
@@ -230,9 +242,7 @@ def test_members_are_read_on_first_use_only(tiny_moe, volume, monkeypatch):
     assert bundle.members.loaded == ["general"]
     assert sorted(read) == ["gate.safetensors", "general.safetensors"]
 
-    with torch.no_grad():  # now the gate picks "brain" whatever it sees
-        bundle.gate.mlp.layers[-1].bias.copy_(torch.tensor([0.0, 0.0, 100.0]))
-    bundle.gate.threshold = 0.5
+    always(bundle.gate, "brain")
     session.set_target("second")
     assert session.add_point(centre_ras(volume)).expert == "brain"
     assert bundle.members.loaded == ["general", "brain"] and "liver.safetensors" not in read
@@ -246,9 +256,42 @@ def test_bundles_without_a_gate_never_call_one(tiny_moe, volume, monkeypatch):
     for bundle in (load_bundle(), load_bundle(tiny_moe[0])):  # the shipped student, then a moe
         session = InteractiveSession(bundle, device="cpu")
         session.set_image(volume)
-        session.add_point(centre_ras(volume))
-        session.add_point(centre_ras(volume, (2, 0, 0)), positive=False)
-    assert len(calls) == 2  # both from the moe bundle's session
+        first = session.add_point(centre_ras(volume))
+        assert session.mask.any()  # the second click corrects a mask
+        assert session.add_point(centre_ras(volume, (2, 0, 0)), positive=False).expert == first.expert
+    assert len(calls) == 1  # the moe session's first prompt; its correction stays with that member
+
+
+def test_a_target_is_corrected_by_the_member_that_made_it(tiny_moe, volume, monkeypatch):
+    """The gate routes a target's first prompt; corrective clicks stay with that member even when
+    the gate would now choose another; a box routes again; undo restores the answering member."""
+    bundle = load_bundle(tiny_moe[0])
+    calls = []
+    gate_forward = bundle.gate.forward
+    monkeypatch.setattr(bundle.gate, "forward",
+                        lambda features: calls.append(1) or gate_forward(features))
+    session = InteractiveSession(bundle, device="cpu")
+    session.set_image(volume)
+    always(bundle.gate, "brain")
+    assert session.add_point(centre_ras(volume)).expert == "brain" and session.mask.any()
+    always(bundle.gate, "liver")
+    corrections = [session.add_point(centre_ras(volume, offset), positive=positive)
+                   for offset, positive in (((3, 0, 0), False), ((0, 2, 0), True))]
+    assert [r.expert for r in corrections] == ["brain", "brain"] and len(calls) == 1
+
+    session.set_target("second")  # a new target is routed afresh
+    assert session.add_point(centre_ras(volume)).expert == "liver" and len(calls) == 2
+
+    session.set_target("Segment_1")
+    lo, hi = centre_ras(volume, (-4, -4, -2)), centre_ras(volume, (4, 4, 2))
+    assert session.add_box(lo, hi).expert == "liver" and len(calls) == 3  # a box routes again
+    session.undo()
+    always(bundle.gate, "general")
+    assert session.add_point(centre_ras(volume, (1, 1, 0))).expert == "brain"  # before the box
+    assert len(calls) == 3
+    for _ in range(4):
+        session.undo()
+    assert session.undo_depth == 0 and session.targets["Segment_1"].member is None
 
 
 def test_finetune_writes_a_member_with_the_general_models_settings(phantoms, tmp_path):
@@ -273,3 +316,27 @@ def test_train_gate_refuses_clashing_names_and_single_case_tasks(phantoms, tmp_p
     one_case = [LabelledImage(None, None, (0.0, 1.0, 1.0), "Dataset003_CTPhantom")]
     with pytest.raises(DatasetError, match="'Dataset003_CTPhantom' has one training case"):
         hold_out_last_case(one_case)
+
+
+def test_the_gate_learns_from_first_prompts_unless_told_otherwise(phantoms, tmp_path):
+    """The session routes a target at its first prompt, so by default the gate's scored crops carry
+    a box (3D or one slice thick) or one positive click and nothing else; ``prompts="all"`` adds corrective rounds."""
+    head = load_bundle().default
+    items, targets = load_training_items(phantoms, head.normalization)
+    rng = np.random.default_rng(0)
+    seen = {}
+    for name, settings in PROMPT_SETS.items():
+        sampler = CropSampler(items, targets, head.normalization, head.crop_size, head.base_spacing,
+                              head.max_spacing, 2, **settings)
+        batches = [sampler(step, rng) for step in range(16)]
+        seen[name] = ([b["extra_clicks"] for b in batches],
+                      [b["start_masks"] is not None for b in batches])
+        if name == "first":
+            for batch in batches:
+                for row in batch["labels"].tolist():
+                    kinds = [k for k in row if k != PAD]
+                    assert kinds in ([BOX_LOW, BOX_HIGH], [FLAT_BOX_LOW, FLAT_BOX_HIGH], [POSITIVE])
+    assert seen["first"] == ([0] * 16, [False] * 16)
+    assert max(seen["all"][0]) > 0 and any(seen["all"][1])
+    with pytest.raises(ValueError, match="prompts must be one of"):
+        train_gate(DEFAULT_BUNDLE, [], phantoms, tmp_path / "moe", steps=1, prompts="some")

@@ -111,7 +111,7 @@ def run_train_gate(args: argparse.Namespace) -> int:
                      batch_size=args.batch_size, reuse=args.reuse, lr=args.lr,
                      temperature=args.temperature, validation_crops=args.validation_crops,
                      seed=args.seed, target_weights=dict(args.target_weight),
-                     progress=progress_printer("train-gate"))
+                     prompts=args.prompts, progress=progress_printer("train-gate"))
     print(out)
     return 0
 
@@ -353,6 +353,10 @@ def build_parser() -> argparse.ArgumentParser:
                       help="soft targets are softmax(Dice / temperature) (default 0.1)")
     gate.add_argument("--validation-crops", type=positive_int, default=32,
                       help="held-out crops the threshold is chosen on (default 32)")
+    gate.add_argument("--prompts", choices=("first", "all"), default="first",
+                      help="prompts of the scored crops: 'first' (a box or click starting a target, "
+                           "where the session routes; default) or 'all' (also corrective clicks "
+                           "and damaged masks to correct)")
     gate.add_argument("--seed", type=int, default=0)
     add_target_weight_argument(gate)
     gate.set_defaults(run=run_train_gate)

@@ -66,6 +66,7 @@ class UndoStep:
     prompts: list[Prompt]
     crop: Optional[CropState]
     bounds: Optional[tuple[np.ndarray, np.ndarray]]
+    member: Optional[str]
 
 
 @dataclass
@@ -77,6 +78,9 @@ class Target:
     history: list[UndoStep] = field(default_factory=list)
     crop: Optional[CropState] = None
     bounds: Optional[tuple[np.ndarray, np.ndarray]] = None  # RAS box enclosing the mask
+    member: Optional[str] = None
+    """The member routed to for the target's last new segmentation (first prompt or box, no member
+    pinned); it also answers the corrections (None: none yet, e.g. after ``set_mask``)."""
 
 
 def pick_device(device: Union[str, torch.device]) -> torch.device:
@@ -89,7 +93,9 @@ class InteractiveSession:
     """Prompt-based segmentation of one volume, several targets (segments) at a time.
 
     ``model`` is a :class:`~ka2er_core.bundle.Bundle` (default: the shipped demo bundle). With a
-    gate (a moe bundle), every prompt goes to the member the gate selects unless one is pinned.
+    gate (a moe bundle) and no pinned member, the gate routes each target: its first prompt (and any
+    later box) goes to the member the gate selects, which then answers the target's corrective
+    clicks too, so a mask is corrected by the model that made it.
     """
 
     def __init__(self, model: Optional[Bundle] = None, device: Union[str, torch.device] = "auto",
@@ -131,8 +137,8 @@ class InteractiveSession:
         return list(self.bundle.members)
 
     def pin(self, member: Optional[str]) -> None:
-        """Let ``member`` answer every prompt, bypassing a gate (None: the gate chooses again, or the
-        bundle's default answers); embeddings stay cached."""
+        """Let ``member`` answer every prompt, bypassing a gate (None: the gate, or the bundle's
+        default, answers again); embeddings stay cached."""
         if member is not None and member not in self.bundle.members:
             raise PromptError(f"unknown member {member!r}; the bundle has {self.members}",
                               field="member")
@@ -198,6 +204,7 @@ class InteractiveSession:
         for region, previous in reversed(step.pasted):
             target.mask[region] = previous
         target.prompts, target.crop, target.bounds = step.prompts, step.crop, step.bounds
+        target.member = step.member
         return union(region for region, _ in step.pasted)
 
     def reset(self) -> None:
@@ -358,7 +365,10 @@ class InteractiveSession:
         if crop is None:
             crop = plan_crop(click, click, s.crop_size, s.base_spacing, s.max_spacing)
         inside = prompts_inside(prompts, crop)
-        self._route(inside, crop)
+        if self.pinned is None and target.member is not None:
+            self.segmenter = self._member(target.member)
+        else:
+            self._route(inside, crop)
         prior = self._prior(target, crop)
         logits, score = self._decode(inside, crop, prior)
         focus = ras_to_ijk(click, crop.ijk_to_ras)
@@ -412,7 +422,7 @@ class InteractiveSession:
     def _paste(self, target, prompts, pieces, score, start, focus=None) -> Result:
         """Paste each (crop, logits, old) piece's changed cells into the mask, in order, as one undo
         step; the first piece's crop and logits are remembered as the target's last answer."""
-        step = UndoStep([], target.prompts, target.crop, target.bounds)
+        step = UndoStep([], target.prompts, target.crop, target.bounds, target.member)
         remembered = None
         for crop, logits, old in pieces:
             logits = self._paste_piece(target, step, crop, logits, old, focus)
@@ -420,6 +430,8 @@ class InteractiveSession:
         target.history.append(step)
         target.prompts = prompts
         target.crop = remembered
+        if self.pinned is None:
+            target.member = self.segmenter.name
         return Result(union(region for region, _ in step.pasted), score, self.segmenter.name,
                       (time.perf_counter() - start) * 1000)
 

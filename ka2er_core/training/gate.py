@@ -1,7 +1,9 @@
 """``ka2er train-gate``: the gate of a SAM-Med3D-MoE bundle, every member frozen.
 
-Crops with first prompts and simulated clicks (as for the general model's training) go to every
-member; each member's Dice is the evidence, and the gate learns ``softmax(Dice / temperature)`` by
+Crops with first prompts (``prompts="first"``, the default: the session routes a target once, at
+its first prompt or box) or with first prompts, simulated clicks and damaged masks to correct as for
+the general model's training (``prompts="all"``) go to every member; each member's Dice is the
+evidence, and the gate learns ``softmax(Dice / temperature)`` by
 cross-entropy. Running the members is the whole cost and the gate is tiny, so each scored batch is
 kept and replayed: a fresh batch every ``reuse`` steps, a random draw of kept crops in between.
 The last training case of each task is held out of gate training; on crops drawn from those cases
@@ -32,6 +34,9 @@ from .samples import LabelledImage
 
 THRESHOLDS = tuple(i / 20 for i in range(22))
 """Candidate selection thresholds; 1.05 is never reached: the general model always answers."""
+PROMPT_SETS = {"first": {"max_extra_clicks": 0, "correct_probability": 0.0},
+               "all": {"max_extra_clicks": 4, "correct_probability": 0.25}}
+"""The prompts of scored crops: CropSampler settings (simulated clicks, damaged masks to correct)."""
 DICE_TOLERANCE = 0.005
 """Thresholds whose mean validation Dice is this close to the best count as equally good."""
 
@@ -151,11 +156,14 @@ def train_gate(general: Path, members: Sequence[Path], folders: Sequence, out: P
                steps: int, batch_size: int = 2, reuse: int = 4, lr: float = 3e-3,
                temperature: float = 0.1, hidden: int = 128, validation_crops: int = 32,
                seed: int = 0, target_weights: Optional[Mapping[str, float]] = None,
-               progress=None) -> Path:
+               prompts: str = "first", progress=None) -> Path:
     """``ka2er train-gate``: train the gate over the frozen general model and task members on the
     dataset folders' training cases, choose the threshold on held-out ones, write a moe bundle.
     ``target_weights`` (as :func:`~.promptable.load_training_items`) steer the training crops only;
-    the threshold is chosen on crops of every target drawn equally often within each task."""
+    the threshold is chosen on crops of every target drawn equally often within each task.
+    ``prompts``: "first" (crops carry first prompts only) or "all" (also corrective rounds)."""
+    if prompts not in PROMPT_SETS:
+        raise ValueError(f"prompts must be one of {sorted(PROMPT_SETS)}, not {prompts!r}")
     torch.manual_seed(seed)
     segmenters, labels = moe_members(Path(general), [Path(m) for m in members])
     head = segmenters[0]
@@ -166,7 +174,7 @@ def train_gate(general: Path, members: Sequence[Path], folders: Sequence, out: P
 
     def scored(cases, targets, reuse):
         sampler = CropSampler(cases, targets, head.normalization, head.crop_size, head.base_spacing,
-                              head.max_spacing, batch_size)
+                              head.max_spacing, batch_size, **PROMPT_SETS[prompts])
         return ScoredCrops(sampler, [m.model for m in segmenters], gate, reuse, device)
 
     loop = LoopConfig(steps=steps, lr=lr, seed=seed, warmup=steps // 10,
@@ -184,7 +192,8 @@ def train_gate(general: Path, members: Sequence[Path], folders: Sequence, out: P
                          "members": {"general": str(general),
                                      **{Path(m).name: str(m) for m in members}},
                          "datasets": [Path(f).name for f in folders], "temperature": temperature,
-                         "batch_size": batch_size, "reuse": reuse, "cases": len(training),
+                         "batch_size": batch_size, "reuse": reuse, "prompts": prompts,
+                         "cases": len(training),
                          **({"target_weights": dict(target_weights)} if target_weights else {}),
                          "validation_cases": len(validation), **summary}
         save_moe_bundle(out, segmenters, gate.eval(), labels=sorted(labels | {t.name for t in targets}),

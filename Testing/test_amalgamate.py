@@ -147,11 +147,11 @@ def test_two_processes_give_the_same_loss_curve_shape_and_one_checkpoint(tasks, 
 
 def test_evaluate_compares_experts_and_students_in_one_table(tasks, tmp_path):
     folders, experts = tasks
-    from ka2er_core.bundle import DEFAULT_BUNDLE
+    from ka2er_core.bundle import STUDENT_BUNDLE
 
     out = tmp_path / "evaluation"
     result = run_cli(["evaluate", "--bundle", str(experts[0]), "--bundle", str(experts[1]),
-                      "--bundle", str(DEFAULT_BUNDLE), "--dataset", str(folders[0]),
+                      "--bundle", str(STUDENT_BUNDLE), "--dataset", str(folders[0]),
                       "--dataset", str(folders[1]), "--prompts", "3", "--max-cases", "1",
                       "--out", str(out)])
     assert result.returncode == 0, result.stderr[-3000:]

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 import ka2er_core.export.monai_bundle as monai_bundle
 from importer_fixtures import (ARCH, PATCH, TINY, ReferenceUNet, randomised, to_network, to_ours,
                                write_model_folder, write_sam_med3d_checkpoint)
-from ka2er_core.bundle import (DEFAULT_BUNDLE, BundleError, Expert, Segmenter, load_bundle,
+from ka2er_core.bundle import (STUDENT_BUNDLE, BundleError, Expert, Segmenter, load_bundle,
                                save_bundle, save_moe_bundle)
 from ka2er_core.bundle_inspect import inspect_bundle
 from ka2er_core.cli import main
@@ -34,7 +34,7 @@ METADATA_KEYS = ("version", "monai_version", "pytorch_version", "numpy_version",
 
 @pytest.fixture(scope="module")
 def demo():
-    return load_bundle()
+    return load_bundle(STUDENT_BUNDLE)
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +100,7 @@ def error_line(capsys) -> str:
 def test_inspect_prints_kind_labels_parameters_and_training(demo, capsys, monkeypatch):
     parameters = sum(value.numel() for value in demo.default.model.state_dict().values())
     no_model(monkeypatch)
-    assert main(["bundle", "inspect", str(DEFAULT_BUNDLE)]) == 0
+    assert main(["bundle", "inspect", str(STUDENT_BUNDLE)]) == 0
     out = capsys.readouterr().out
     assert "kind   student" in out
     assert "labels " + ", ".join(demo.meta["labels"]) in out
@@ -111,7 +111,7 @@ def test_inspect_prints_kind_labels_parameters_and_training(demo, capsys, monkey
     assert f"steps: {demo.meta['training']['steps']}" in out
     assert "held_out_mean_dice_at_1_3_5_prompts" in out and "metrics\n  (none)" not in out
 
-    assert main(["bundle", "inspect", "--json", str(DEFAULT_BUNDLE)]) == 0
+    assert main(["bundle", "inspect", "--json", str(STUDENT_BUNDLE)]) == 0
     report = json.loads(capsys.readouterr().out)
     general = report["members"]["general"]
     assert report["kind"] == "student" and report["labels"] == demo.meta["labels"]
@@ -140,7 +140,7 @@ def test_inspect_shows_the_gate_threshold_and_the_expert_plan(moe, expert, capsy
 
 
 def test_inspect_names_a_changed_weight_file_and_bad_paths(tmp_path, capsys):
-    copy = shutil.copytree(DEFAULT_BUNDLE, tmp_path / "demo")
+    copy = shutil.copytree(STUDENT_BUNDLE, tmp_path / "demo")
     weights = copy / "general.safetensors"
     data = bytearray(weights.read_bytes())
     data[len(data) // 2] ^= 0x01
@@ -159,7 +159,7 @@ def test_inspect_names_a_changed_weight_file_and_bad_paths(tmp_path, capsys):
 
 def test_a_file_is_not_a_bundle(tmp_path, capsys):
     """A bundle's own bundle.json or a weight file given instead of its folder: one clear error."""
-    for path in (DEFAULT_BUNDLE / "bundle.json", DEFAULT_BUNDLE / "general.safetensors"):
+    for path in (STUDENT_BUNDLE / "bundle.json", STUDENT_BUNDLE / "general.safetensors"):
         for read in (load_bundle, inspect_bundle):
             with pytest.raises(BundleError) as caught:
                 read(path)
@@ -186,12 +186,12 @@ def test_an_unknown_member_type_or_expert_variant_is_named(expert, tmp_path):
 
 def test_monai_export_gives_the_same_model(demo, tmp_path, capsys):
     out = tmp_path / "monai"
-    assert main(["bundle", "export", "--monai", str(out), str(DEFAULT_BUNDLE)]) == 0
+    assert main(["bundle", "export", "--monai", str(out), str(STUDENT_BUNDLE)]) == 0
     metadata = json.loads((out / "configs" / "metadata.json").read_text())
     assert all(key in metadata for key in METADATA_KEYS)
     assert set(metadata["network_data_format"]["inputs"]) == {"image", "coords", "labels", "mask"}
     assert metadata["ka2er"] == {"member": "general", "bundle": demo.meta}
-    assert (out / "docs" / "README.md").read_text() == (DEFAULT_BUNDLE / "README.md").read_text()
+    assert (out / "docs" / "README.md").read_text() == (STUDENT_BUNDLE / "README.md").read_text()
 
     parser = ConfigParser()
     parser.read_config(str(out / "configs" / "inference.json"))
@@ -221,7 +221,7 @@ def test_export_refuses_an_existing_folder_and_never_leaves_half_a_bundle(tmp_pa
     out = tmp_path / "monai"
     out.mkdir()
     (out / "mine.txt").write_text("keep")
-    assert main(["bundle", "export", "--monai", str(out), str(DEFAULT_BUNDLE)]) == 2
+    assert main(["bundle", "export", "--monai", str(out), str(STUDENT_BUNDLE)]) == 2
     assert str(out) in error_line(capsys) and (out / "mine.txt").exists()
 
     def broken_save(*args, **kwargs):
@@ -229,14 +229,14 @@ def test_export_refuses_an_existing_folder_and_never_leaves_half_a_bundle(tmp_pa
 
     monkeypatch.setattr(monai_bundle.torch, "save", broken_save)
     with pytest.raises(OSError, match="disk full"):
-        main(["bundle", "export", "--force", "--monai", str(out), str(DEFAULT_BUNDLE)])
+        main(["bundle", "export", "--force", "--monai", str(out), str(STUDENT_BUNDLE)])
     with pytest.raises(OSError, match="disk full"):
-        main(["bundle", "export", "--monai", str(tmp_path / "new"), str(DEFAULT_BUNDLE)])
+        main(["bundle", "export", "--monai", str(tmp_path / "new"), str(STUDENT_BUNDLE)])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["monai"]
     assert [p.name for p in out.iterdir()] == ["mine.txt"]
 
     monkeypatch.undo()
-    assert main(["bundle", "export", "--force", "--monai", str(out), str(DEFAULT_BUNDLE)]) == 0
+    assert main(["bundle", "export", "--force", "--monai", str(out), str(STUDENT_BUNDLE)]) == 0
     assert not (out / "mine.txt").exists() and (out / "models" / "model.pt").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["monai"]
 

@@ -15,7 +15,7 @@ import torch
 
 import ka2er_core.bundle as bundle_module
 from ka2er_core import Volume, load_volume, save_volume
-from ka2er_core.bundle import (DEFAULT_BUNDLE, BundleError, Segmenter, load_bundle, save_bundle,
+from ka2er_core.bundle import (STUDENT_BUNDLE, BundleError, Segmenter, load_bundle, save_bundle,
                                save_moe_bundle)
 from ka2er_core.cli import main
 from ka2er_core.data.msd import load_dataset
@@ -110,6 +110,19 @@ def test_moe_bundle_round_trip_checksums_and_shared_normalisation(tiny_moe, tmp_
         (copy / damaged).write_bytes(bytes(data))
         with pytest.raises(BundleError, match=re.escape(damaged) + r": sha256: .*changed"):
             load_bundle(copy)  # refused at load, before any member is used
+
+    half = save_moe_bundle(tmp_path / "half", members, gate, member_dtype=torch.float16)
+    sizes = {m: (half / f"{m}.safetensors").stat().st_size / (path / f"{m}.safetensors").stat().st_size
+             for m in MEMBERS}
+    assert sizes["general"] == 1 and all(0.45 < sizes[m] < 0.55 for m in MEMBERS[1:])
+    halved = load_bundle(half)
+    for member in members:  # float32 in memory; the general model exact, the others rounded
+        loaded = halved.members[member.name].model.state_dict()
+        for key, value in member.model.state_dict().items():
+            assert loaded[key].dtype == value.dtype
+            expected = value if member.name == "general" or not value.is_floating_point() else (
+                value.half().to(value.dtype))
+            assert torch.equal(loaded[key], expected), (member.name, key)
 
     copy = copy_of(path, tmp_path / "ct liver")
     meta = json.loads((copy / "bundle.json").read_text())
@@ -253,7 +266,7 @@ def test_bundles_without_a_gate_never_call_one(tiny_moe, volume, monkeypatch):
     gate_forward = Gate.forward
     monkeypatch.setattr(Gate, "forward",
                         lambda self, features: calls.append(1) or gate_forward(self, features))
-    for bundle in (load_bundle(), load_bundle(tiny_moe[0])):  # the shipped student, then a moe
+    for bundle in (load_bundle(STUDENT_BUNDLE), load_bundle(tiny_moe[0])):  # a student, a moe
         session = InteractiveSession(bundle, device="cpu")
         session.set_image(volume)
         first = session.add_point(centre_ras(volume))
@@ -296,9 +309,9 @@ def test_a_target_is_corrected_by_the_member_that_made_it(tiny_moe, volume, monk
 
 def test_finetune_writes_a_member_with_the_general_models_settings(phantoms, tmp_path):
     out = tmp_path / "CTPhantom"
-    assert main(["finetune", "--bundle", str(DEFAULT_BUNDLE), "--dataset", str(phantoms[0]),
+    assert main(["finetune", "--bundle", str(STUDENT_BUNDLE), "--dataset", str(phantoms[0]),
                  "--out", str(out), "--steps", "1", "--batch-size", "1"]) == 0
-    member, general = load_bundle(out), load_bundle()
+    member, general = load_bundle(out), load_bundle(STUDENT_BUNDLE)
     assert member.meta["training"]["datasets"] == ["Dataset003_CTPhantom"]
     assert "fine-tuned from" in member.meta["training"]["method"]
     tuned, base = member.default, general.default
@@ -309,7 +322,7 @@ def test_finetune_writes_a_member_with_the_general_models_settings(phantoms, tmp
 
 
 def test_train_gate_refuses_clashing_names_and_single_case_tasks(phantoms, tmp_path, capsys):
-    assert main(["train-gate", "--general", str(DEFAULT_BUNDLE), "--member", str(tmp_path / "general"),
+    assert main(["train-gate", "--general", str(STUDENT_BUNDLE), "--member", str(tmp_path / "general"),
                  "--dataset", str(phantoms[0]), "--out", str(tmp_path / "moe")]) == 2
     error = capsys.readouterr().err.strip().splitlines()
     assert len(error) == 1 and "member name 'general' is taken" in error[0]
@@ -339,4 +352,4 @@ def test_the_gate_learns_from_first_prompts_unless_told_otherwise(phantoms, tmp_
     assert seen["first"] == ([0] * 16, [False] * 16)
     assert max(seen["all"][0]) > 0 and any(seen["all"][1])
     with pytest.raises(ValueError, match="prompts must be one of"):
-        train_gate(DEFAULT_BUNDLE, [], phantoms, tmp_path / "moe", steps=1, prompts="some")
+        train_gate(STUDENT_BUNDLE, [], phantoms, tmp_path / "moe", steps=1, prompts="some")

@@ -1,14 +1,15 @@
-"""Gate benchmark (SAM-Med3D-MoE): what routing costs per click, and memory per member used.
+"""Gate benchmark (SAM-Med3D-MoE): what routing costs per target, and memory per member used.
 
-A moe bundle is built from the shipped demo bundle: the demo as the general model, two copies of it
-as task members, a gate of the demo's size whose threshold (1.05) is never reached, so that the gate
-runs on every click and the general model always answers. On a 256x256x200 volume (the MNI152 1 mm
-template, as in bench_session.py), the same clicks near one crop (embeddings cached) go to the moe
-session and to a session on the demo bundle alone (no gate), interleaved; printed: the routing
-step inside the moe session's clicks (prompt encoding, gate features, MLP, selection), both click
-latencies, their difference and ratio. Then resident memory after
-using the general member only, and after pinning and using every member (weights are read on first
-use).
+A moe bundle is built from the shipped student: the student as the general model, two copies of it
+as task members, a gate of the student's size whose threshold (1.05) is never reached, so that the
+gate runs and the general model always answers. The gate routes a target's first prompt (its
+corrections stay with that member and skip the gate). On a 256x256x200 volume (the MNI152 1 mm
+template, as in bench_session.py), each timed click starts a new target at the same white-matter
+point (embeddings cached) in the moe session and in a session on the student alone (no gate),
+interleaved; printed: the routing step (prompt encoding, gate features, MLP, selection), both
+first-click latencies, their difference and ratio; then a correction's latency in the moe session,
+where no gate runs. Then resident memory after using the general member only, and after pinning and
+using every member (weights are read on first use).
 
     python bench/bench_gate.py [--clicks 20] [--threads N]
 """
@@ -27,7 +28,7 @@ import torch
 
 from bench_session import benchmark_volume
 from ka2er_core import InteractiveSession, load_bundle
-from ka2er_core.bundle import save_moe_bundle
+from ka2er_core.bundle import STUDENT_BUNDLE, save_moe_bundle
 from ka2er_core.geometry import ijk_to_ras_points, ras_to_ijk
 from ka2er_core.modeling.gate import Gate
 from ka2er_core.training.clicks import next_click
@@ -44,8 +45,8 @@ def resident_mb() -> float:
 
 
 def moe_from_demo(folder: Path) -> Path:
-    """The demo as general model plus copies as task members, and a gate that never routes away."""
-    demo = load_bundle().default
+    """The student as general model plus copies as task members, and a gate that never routes away."""
+    demo = load_bundle(STUDENT_BUNDLE).default
     members = [demo] + [replace(demo, name=name) for name in TASK_MEMBERS]
     gate = Gate.for_model([m.name for m in members], demo.model)
     gate.threshold = 1.05
@@ -80,7 +81,7 @@ def main():
         bundle = load_bundle(moe_from_demo(Path(tmp)))
         start_mb = resident_mb()
         routed = InteractiveSession(bundle, device="cpu")
-        plain = InteractiveSession(load_bundle(), device="cpu")
+        plain = InteractiveSession(load_bundle(STUDENT_BUNDLE), device="cpu")
         kji, _ = next_click(np.zeros_like(truth), truth)  # white matter: starts with a click
         first = ijk_to_ras_points(kji[::-1].astype(float), volume.ijk_to_ras)
         for session in (routed, plain):
@@ -98,13 +99,21 @@ def main():
             gate_ms.append((time.perf_counter() - start) * 1000)
 
         routed._route = timed_route
-        with_gate, without_gate = [], []
+        with_gate, without_gate, corrections = [], [], []
         computed = routed.embeddings_computed, plain.embeddings_computed
-        for point in clicks_near_crop(routed, truth, args.clicks, rng):
-            with_gate.append(routed.add_point(point).latency_ms)
-            without_gate.append(plain.add_point(point).latency_ms)
+        for n in range(args.clicks):
+            for session, times in ((routed, with_gate), (plain, without_gate)):
+                session.set_target(f"new target {n}")
+                times.append(session.add_point(first).latency_ms)
         if (routed.embeddings_computed, plain.embeddings_computed) != computed:
             raise RuntimeError("a timed click computed a new embedding")
+        if len(gate_ms) != args.clicks:
+            raise RuntimeError(f"the gate ran {len(gate_ms)} times for {args.clicks} new targets")
+        routed.set_target("Segment_1")
+        for point in clicks_near_crop(routed, truth, 5, rng):
+            corrections.append(routed.add_point(point).latency_ms)
+        if len(gate_ms) != args.clicks:
+            raise RuntimeError("a correction ran the gate")
         one_member_mb, loaded = resident_mb(), list(bundle.members.loaded)
 
         for name in TASK_MEMBERS:  # pin and use every member: weights read, own embedding computed
@@ -114,13 +123,15 @@ def main():
 
     median = statistics.median
     overhead = median(with_gate) - median(without_gate)
-    print(f"volume 256x256x200, crop {routed.target.crop.grid.shape[0]}^3, {len(with_gate)} clicks "
-          f"near one crop (embeddings cached), {torch.get_num_threads()} threads")
-    print(f"routing in the click (gate)       median {median(gate_ms):6.2f} ms")
-    print(f"click with gate (moe, general)    median {median(with_gate):6.1f} ms")
-    print(f"click without gate (demo bundle)  median {median(without_gate):6.1f} ms")
-    print(f"gate overhead per click {overhead:+.1f} ms (target <= 10 ms), ratio with/without "
+    print(f"volume 256x256x200, crop {routed.target.crop.grid.shape[0]}^3, {len(with_gate)} new "
+          f"targets started by one click (embeddings cached), {torch.get_num_threads()} threads")
+    print(f"routing of a new target (gate)          median {median(gate_ms):6.2f} ms")
+    print(f"first click with gate (moe, general)    median {median(with_gate):6.1f} ms")
+    print(f"first click without gate (student)      median {median(without_gate):6.1f} ms")
+    print(f"gate overhead per new target {overhead:+.1f} ms (target <= 10 ms), ratio with/without "
           f"{median(with_gate) / median(without_gate):.3f}")
+    print(f"correction in the moe session (no gate) median {median(corrections):6.1f} ms "
+          f"({len(corrections)} clicks)")
     print(f"resident memory: {start_mb:.0f} MB after loading the moe bundle; "
           f"{one_member_mb:.0f} MB having used {loaded} (plus a plain demo session); "
           f"{all_members_mb:.0f} MB after using all {len(bundle.members)} members "

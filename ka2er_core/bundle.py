@@ -39,10 +39,12 @@ from .modeling.gate import Gate
 from .modeling.sam_med3d import TYPE as SAM_MED3D, SamMed3D, SamMed3DConfig
 
 FORMAT_VERSION = 1
-DEFAULT_BUNDLE = Path(__file__).parent / "bundles" / "demo"
-"""The shipped default: the KA2ER student (see its README.md model card)."""
+STUDENT_BUNDLE = Path(__file__).parent / "bundles" / "demo"
+"""The shipped KA2ER student alone (see its README.md model card): the moe bundle's general model."""
 MOE_BUNDLE = Path(__file__).parent / "bundles" / "moe"
-"""The shipped moe bundle: the KA2ER student, two task members and a gate."""
+"""The shipped moe bundle: the KA2ER student, task members and a gate."""
+DEFAULT_BUNDLE = MOE_BUNDLE
+"""What :func:`load_bundle` loads without a path (``ka2er demo``, the session, the server)."""
 GATE_WEIGHTS = "gate"
 """File stem of a moe bundle's gate weights (no member may take this name)."""
 EXPERT = "expert"
@@ -159,11 +161,14 @@ def member_entry(member: Member, weights: str) -> dict[str, Any]:
             "max_spacing": member.max_spacing}
 
 
-def write_weights(path: Path, name: str, module: torch.nn.Module) -> str:
-    """Write ``module``'s state dict to ``path/name.safetensors`` atomically; returns the file name."""
+def write_weights(path: Path, name: str, module: torch.nn.Module,
+                  dtype: Optional[torch.dtype] = None) -> str:
+    """Write ``module``'s state dict to ``path/name.safetensors`` atomically (floating-point tensors
+    as ``dtype`` if given; loading casts them back to the model's); returns the file name."""
     weights = f"{name}.safetensors"
     with atomic_write(path / weights) as tmp:
-        state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+        state = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v)
+                 .detach().cpu().contiguous() for k, v in module.state_dict().items()}
         save_file(state, str(tmp))
     return weights
 
@@ -193,15 +198,20 @@ def save_bundle(path: Union[str, os.PathLike], member: Member, *, kind: str = "s
 
 def save_moe_bundle(path: Union[str, os.PathLike], members: Sequence[Segmenter], gate: Gate, *,
                     labels: Optional[list[str]] = None, training: Optional[dict] = None,
-                    metrics: Optional[dict] = None) -> Path:
+                    metrics: Optional[dict] = None,
+                    member_dtype: Optional[torch.dtype] = None) -> Path:
     """Write a ``moe`` bundle: every member (the general model first, in ``gate.members`` order) as
-    its own weight file, the gate's weights and config (threshold included), then ``bundle.json``."""
+    its own weight file, the gate's weights and config (threshold included), then ``bundle.json``.
+    ``member_dtype`` (e.g. ``torch.float16``: half the size) stores the task members' weights, not
+    the general model's, in that type."""
     if [m.name for m in members] != gate.members or GATE_WEIGHTS in gate.members:
         raise ValueError(f"members {[m.name for m in members]} must be the gate's {gate.members}, "
                          f"none named {GATE_WEIGHTS!r}")
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    entries = {m.name: member_entry(m, write_weights(path, m.name, m.model)) for m in members}
+    entries = {m.name: member_entry(m, write_weights(path, m.name, m.model,
+                                                     None if m is members[0] else member_dtype))
+               for m in members}
     gate_entry = {"weights": write_weights(path, GATE_WEIGHTS, gate), **gate.config()}
     return write_manifest(path, {"kind": "moe", "members": entries, "gate": gate_entry,
                                  "labels": labels or [], "training": training or {},

@@ -111,7 +111,8 @@ def run_train_gate(args: argparse.Namespace) -> int:
                      batch_size=args.batch_size, reuse=args.reuse, lr=args.lr,
                      temperature=args.temperature, validation_crops=args.validation_crops,
                      seed=args.seed, target_weights=dict(args.target_weight),
-                     prompts=args.prompts, progress=progress_printer("train-gate"))
+                     prompts=args.prompts, half_members=args.half_members,
+                     progress=progress_printer("train-gate"))
     print(out)
     return 0
 
@@ -357,6 +358,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="prompts of the scored crops: 'first' (a box or click starting a target, "
                            "where the session routes; default) or 'all' (also corrective clicks "
                            "and damaged masks to correct)")
+    gate.add_argument("--half-members", action="store_true",
+                      help="store the task members' weights in float16 (half the size; the general "
+                           "model's stay as they are)")
     gate.add_argument("--seed", type=int, default=0)
     add_target_weight_argument(gate)
     gate.set_defaults(run=run_train_gate)

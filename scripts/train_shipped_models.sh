@@ -4,18 +4,20 @@
 #  0. the general promptable model (scripts/train_general_model.sh), unless WORK_DIR/general exists;
 #  1. the KA2ER ablation (scripts/ablation.sh): task experts, plain multi-task fine-tuning and the
 #     KA2ER student, both students from the general model with the same budget;
-#  2. task members fine-tuned from the KA2ER student on white matter alone, one on MNI T1 and one on
-#     MNI T2-like (the other targets weighted 0), and a gate over student + members (all frozen)
-#     trained on all four tasks: the moe bundle;
+#  2. task members fine-tuned from the KA2ER student on one target each (the task's other targets
+#     weighted 0): white matter on MNI T1 and on MNI T2-like (800 steps), the brain on MNI T1 and
+#     other brain on MNI T1 and on MNI T2-like (400 steps); and a gate over student + members (all
+#     frozen) trained on the first prompts of all four tasks: the moe bundle, the default;
 #  3. held-out evaluation of the student, each member alone and the moe at 1/3/5 prompts;
 #  4. the two bundles copied into the package (bundle.json and weights; the model cards stay).
 # Usage: scripts/train_shipped_models.sh WORK_DIR [EXPERT_STEPS] [STUDENT_STEPS] [MEMBER_STEPS] [GATE_STEPS]
+# (MEMBER_STEPS: the white-matter members'; the others take half)
 set -euo pipefail
 work=$1
 expert_steps=${2:-400}
 student_steps=${3:-400}
-member_steps=${4:-400}
-gate_steps=${5:-6000}
+member_steps=${4:-800}
+gate_steps=${5:-4000}
 root=$(cd "$(dirname "$0")/.." && pwd)
 tasks=(Dataset001_MNIT1 Dataset002_MNIT2like Dataset003_CTPhantom Dataset004_MRPhantom)
 
@@ -24,16 +26,22 @@ tasks=(Dataset001_MNIT1 Dataset002_MNIT2like Dataset003_CTPhantom Dataset004_MRP
 datasets=()
 for task in "${tasks[@]}"; do datasets+=(--dataset "$work/data/$task"); done
 student="$work/ka2er"
-white_matter_only=(--target-weight brain=0 --target-weight "grey matter=0" --target-weight "other brain=0")
-for pair in "Dataset001_MNIT1:mni-t1-wm" "Dataset002_MNIT2like:mni-t2-wm"; do
-  ka2er finetune --bundle "$student" --dataset "$work/data/${pair%%:*}" --out "$work/members/${pair#*:}" \
-    --steps "$member_steps" --batch-size 2 --lr 3e-4 --seed 1 "${white_matter_only[@]}"
+brain_targets=(brain "grey matter" "white matter" "other brain")
+members=()
+for spec in "Dataset001_MNIT1:mni-t1-wm:white matter:1" "Dataset002_MNIT2like:mni-t2-wm:white matter:1" \
+            "Dataset001_MNIT1:mni-t1-brain:brain:2" "Dataset001_MNIT1:mni-t1-other:other brain:2" \
+            "Dataset002_MNIT2like:mni-t2-other:other brain:2"; do
+  IFS=: read -r task name kept divisor <<< "$spec"
+  only=()
+  for target in "${brain_targets[@]}"; do [ "$target" = "$kept" ] || only+=(--target-weight "$target=0"); done
+  ka2er finetune --bundle "$student" --dataset "$work/data/$task" --out "$work/members/$name" \
+    --steps $((member_steps / divisor)) --batch-size 2 --lr 3e-4 --seed 1 "${only[@]}"
+  members+=(--member "$work/members/$name")
 done
-ka2er train-gate --general "$student" --member "$work/members/mni-t1-wm" --member "$work/members/mni-t2-wm" \
-  "${datasets[@]}" --out "$work/moe" --steps "$gate_steps" --reuse 10 --batch-size 2 --validation-crops 128 \
-  --seed 0 --target-weight "white matter=4"
-ka2er evaluate --bundle "$student" --bundle "$work/members/mni-t1-wm" --bundle "$work/members/mni-t2-wm" \
-  --bundle "$work/moe" "${datasets[@]}" --prompts 5 --first auto --out "$work/evaluation-moe"
+ka2er train-gate --general "$student" "${members[@]}" "${datasets[@]}" --out "$work/moe" \
+  --steps "$gate_steps" --reuse 10 --batch-size 2 --validation-crops 128 --seed 0 --prompts first
+ka2er evaluate --bundle "$student" --bundle "$work/moe" "${datasets[@]}" --prompts 5 --first auto \
+  --out "$work/evaluation-moe"
 for pair in "ka2er:demo" "moe:moe"; do
   mkdir -p "$root/ka2er_core/bundles/${pair#*:}"
   cp "$work/${pair%%:*}/bundle.json" "$work/${pair%%:*}/"*.safetensors "$root/ka2er_core/bundles/${pair#*:}/"

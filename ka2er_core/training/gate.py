@@ -156,12 +156,13 @@ def train_gate(general: Path, members: Sequence[Path], folders: Sequence, out: P
                steps: int, batch_size: int = 2, reuse: int = 4, lr: float = 3e-3,
                temperature: float = 0.1, hidden: int = 128, validation_crops: int = 32,
                seed: int = 0, target_weights: Optional[Mapping[str, float]] = None,
-               prompts: str = "first", progress=None) -> Path:
+               prompts: str = "first", half_members: bool = False, progress=None) -> Path:
     """``ka2er train-gate``: train the gate over the frozen general model and task members on the
     dataset folders' training cases, choose the threshold on held-out ones, write a moe bundle.
     ``target_weights`` (as :func:`~.promptable.load_training_items`) steer the training crops only;
     the threshold is chosen on crops of every target drawn equally often within each task.
-    ``prompts``: "first" (crops carry first prompts only) or "all" (also corrective rounds)."""
+    ``prompts``: "first" (crops carry first prompts only) or "all" (also corrective rounds).
+    ``half_members``: the bundle stores the task members' weights in float16 (half the size)."""
     if prompts not in PROMPT_SETS:
         raise ValueError(f"prompts must be one of {sorted(PROMPT_SETS)}, not {prompts!r}")
     torch.manual_seed(seed)
@@ -193,9 +194,11 @@ def train_gate(general: Path, members: Sequence[Path], folders: Sequence, out: P
                                      **{Path(m).name: str(m) for m in members}},
                          "datasets": [Path(f).name for f in folders], "temperature": temperature,
                          "batch_size": batch_size, "reuse": reuse, "prompts": prompts,
+                         **({"member_weights": "float16"} if half_members else {}),
                          "cases": len(training),
                          **({"target_weights": dict(target_weights)} if target_weights else {}),
                          "validation_cases": len(validation), **summary}
         save_moe_bundle(out, segmenters, gate.eval(), labels=sorted(labels | {t.name for t in targets}),
-                        training=training_meta, metrics={"gate_selection": selection})
+                        training=training_meta, metrics={"gate_selection": selection},
+                        member_dtype=torch.float16 if half_members else None)
     return Path(out)

@@ -39,7 +39,8 @@ for spec in "Dataset001_MNIT1:mni-t1-wm:white matter:1" "Dataset002_MNIT2like:mn
   members+=(--member "$work/members/$name")
 done
 ka2er train-gate --general "$student" "${members[@]}" "${datasets[@]}" --out "$work/moe" \
-  --steps "$gate_steps" --reuse 10 --batch-size 2 --validation-crops 128 --seed 0 --prompts first
+  --steps "$gate_steps" --reuse 10 --batch-size 2 --validation-crops 128 --seed 0 --prompts first \
+  --half-members
 ka2er evaluate --bundle "$student" --bundle "$work/moe" "${datasets[@]}" --prompts 5 --first auto \
   --out "$work/evaluation-moe"
 for pair in "ka2er:demo" "moe:moe"; do

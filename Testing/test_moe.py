@@ -202,7 +202,7 @@ def test_the_gate_routes_each_task_to_the_member_that_segments_it(phantoms, tmp_
     out = tmp_path / "moe"
     assert main(["train-gate", "--general", str(tmp_path / "general"),
                  "--member", str(tmp_path / "MRPhantom"), "--dataset", str(phantoms[0]),
-                 "--dataset", str(phantoms[1]), "--out", str(out), "--steps", "128", "--reuse", "16",
+                 "--dataset", str(phantoms[1]), "--out", str(out), "--steps", "128", "--reuse", "8",
                  "--lr", "0.01", "--temperature", "0.05", "--validation-crops", "6"]) == 0
     bundle = load_bundle(out)
     assert list(bundle.members) == ["general", "MRPhantom"]

@@ -1,5 +1,6 @@
-"""The shipped demo bundle on held-out data: it segments, clicks land where SimpleITK says, and
-corrective clicks improve a damaged mask."""
+"""The shipped default (the moe bundle) on held-out data: it segments, clicks land where SimpleITK
+says, and corrective clicks improve a damaged mask; the gate keeps the general model for a brain box
+and routes a white-matter click to its member."""
 
 import numpy as np
 import pytest
@@ -73,15 +74,17 @@ def test_corrective_clicks_improve_a_damaged_mask(session, subject):
 
 
 def test_the_shipped_bundles_fit_the_budget_and_the_moe_loads_lazily():
-    from ka2er_core.bundle import DEFAULT_BUNDLE, MOE_BUNDLE, load_bundle
+    from ka2er_core.bundle import DEFAULT_BUNDLE, MOE_BUNDLE, STUDENT_BUNDLE, load_bundle
 
-    weights = [p for folder in (DEFAULT_BUNDLE, MOE_BUNDLE) for p in folder.glob("*.safetensors")]
+    assert DEFAULT_BUNDLE == MOE_BUNDLE
+    weights = [p for folder in (STUDENT_BUNDLE, MOE_BUNDLE) for p in folder.glob("*.safetensors")]
     assert sum(p.stat().st_size for p in weights) <= 30 * 2**20
-    for folder in (DEFAULT_BUNDLE, MOE_BUNDLE):
+    for folder in (STUDENT_BUNDLE, MOE_BUNDLE):
         assert "Not for" in (folder / "README.md").read_text()  # the model card says what not
     moe = load_bundle(MOE_BUNDLE)
     assert moe.kind == "moe" and moe.gate is not None
-    assert list(moe.members) == ["general", "mni-t1-wm", "mni-t2-wm"] and moe.members.loaded == []
+    assert list(moe.members) == ["general", "mni-t1-wm", "mni-t2-wm", "mni-t1-brain", "mni-t1-other",
+                                 "mni-t2-other"] and moe.members.loaded == []
     session = InteractiveSession(moe, device="cpu")
     subject = mni_subject(TEST_SEEDS[4])
     session.set_image(subject.image)

@@ -133,7 +133,7 @@ def main():
     print(f"correction in the moe session (no gate) median {median(corrections):6.1f} ms "
           f"({len(corrections)} clicks)")
     print(f"resident memory: {start_mb:.0f} MB after loading the moe bundle; "
-          f"{one_member_mb:.0f} MB having used {loaded} (plus a plain demo session); "
+          f"{one_member_mb:.0f} MB having used {loaded} (plus a plain student session); "
           f"{all_members_mb:.0f} MB after using all {len(bundle.members)} members "
           f"(+{all_members_mb - one_member_mb:.0f} MB: weights and one embedding each)")
 

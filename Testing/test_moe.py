@@ -83,6 +83,14 @@ def copy_of(path: Path, destination: Path) -> Path:
     return destination
 
 
+def count_gate_calls(gate: Gate, monkeypatch) -> list:
+    """A list that grows by one each time ``gate`` runs."""
+    calls = []
+    forward = gate.forward
+    monkeypatch.setattr(gate, "forward", lambda features: calls.append(1) or forward(features))
+    return calls
+
+
 def always(gate: Gate, member: str) -> None:
     """Make ``gate`` pick ``member`` whatever it sees."""
     with torch.no_grad():
@@ -224,10 +232,7 @@ def test_the_gate_routes_each_task_to_the_member_that_segments_it(phantoms, tmp_
 
 def test_pinning_bypasses_the_gate(tiny_moe, volume, monkeypatch):
     bundle = load_bundle(tiny_moe[0])
-    calls = []
-    gate_forward = bundle.gate.forward
-    monkeypatch.setattr(bundle.gate, "forward",
-                        lambda features: calls.append(1) or gate_forward(features))
+    calls = count_gate_calls(bundle.gate, monkeypatch)
     session = InteractiveSession(bundle, device="cpu")
     session.set_image(volume)
     assert session.add_point(centre_ras(volume)).expert in MEMBERS and len(calls) == 1
@@ -279,10 +284,7 @@ def test_a_target_is_corrected_by_the_member_that_made_it(tiny_moe, volume, monk
     """The gate routes a target's first prompt; corrective clicks stay with that member even when
     the gate would now choose another; a box routes again; undo restores the answering member."""
     bundle = load_bundle(tiny_moe[0])
-    calls = []
-    gate_forward = bundle.gate.forward
-    monkeypatch.setattr(bundle.gate, "forward",
-                        lambda features: calls.append(1) or gate_forward(features))
+    calls = count_gate_calls(bundle.gate, monkeypatch)
     session = InteractiveSession(bundle, device="cpu")
     session.set_image(volume)
     always(bundle.gate, "brain")

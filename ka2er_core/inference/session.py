@@ -92,7 +92,7 @@ def pick_device(device: Union[str, torch.device]) -> torch.device:
 class InteractiveSession:
     """Prompt-based segmentation of one volume, several targets (segments) at a time.
 
-    ``model`` is a :class:`~ka2er_core.bundle.Bundle` (default: the shipped demo bundle). With a
+    ``model`` is a :class:`~ka2er_core.bundle.Bundle` (default: the shipped moe bundle). With a
     gate (a moe bundle) and no pinned member, the gate routes each target: its first prompt (and any
     later box) goes to the member the gate selects, which then answers the target's corrective
     clicks too, so a mask is corrected by the model that made it.

@@ -3,9 +3,9 @@
 Crops with first prompts (``prompts="first"``, the default: the session routes a target once, at
 its first prompt or box) or with first prompts, simulated clicks and damaged masks to correct as for
 the general model's training (``prompts="all"``) go to every member; each member's Dice is the
-evidence, and the gate learns ``softmax(Dice / temperature)`` by
-cross-entropy. Running the members is the whole cost and the gate is tiny, so each scored batch is
-kept and replayed: a fresh batch every ``reuse`` steps, a random draw of kept crops in between.
+evidence, and the gate learns ``softmax(Dice / temperature)`` by cross-entropy. Running the
+members is the whole cost and the gate is tiny, so each scored batch is kept and replayed: a fresh
+batch every ``reuse`` steps, a random draw of kept crops in between.
 The last training case of each task is held out of gate training; on crops drawn from those cases
 the selection threshold is chosen (top-1 member when its probability reaches it, else the general
 model) by mean Dice, and stored in the moe bundle.
@@ -34,9 +34,9 @@ from .samples import LabelledImage
 
 THRESHOLDS = tuple(i / 20 for i in range(22))
 """Candidate selection thresholds; 1.05 is never reached: the general model always answers."""
-PROMPT_SETS = {"first": {"max_extra_clicks": 0, "correct_probability": 0.0},
-               "all": {"max_extra_clicks": 4, "correct_probability": 0.25}}
-"""The prompts of scored crops: CropSampler settings (simulated clicks, damaged masks to correct)."""
+PROMPT_SETS = {"first": {"max_extra_clicks": 0, "correct_probability": 0.0}, "all": {}}
+"""The prompts of scored crops as CropSampler settings: none of its simulated clicks or damaged masks
+to correct ("first"), or its defaults, those of the general model's training ("all")."""
 DICE_TOLERANCE = 0.005
 """Thresholds whose mean validation Dice is this close to the best count as equally good."""
 

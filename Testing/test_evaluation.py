@@ -35,6 +35,19 @@ def test_first_prompt_is_a_click_for_a_tissue_that_shares_its_box_with_a_larger_
                      "organ": {"box", "click"}}
 
 
+def test_a_box_a_little_inside_a_regions_box_is_that_regions_box():
+    k, j, i = np.indices((40, 40, 40))
+    radius = np.sqrt((k - 20) ** 2 + (j - 20) ** 2 + (i - 20) ** 2)
+    label = np.zeros((40, 40, 40), np.uint8)
+    label[radius < 15] = 1  # cortex-like shell
+    label[radius < 13] = 2  # white-matter-like inside: its box 2 voxels in on every side (IoU 0.66)
+    kinds = first_prompts(label, {"brain": (1, 2), "cortex": (1,), "inner": (2,)})
+    assert kinds == {"brain": {"box"}, "cortex": {"click"}, "inner": {"click"}}
+    label[radius < 10] = 0  # a hollow shell: its box 5 voxels in, more than a box's jitter
+    label[(radius < 10) & (k < 20)] = 2
+    assert first_prompts(label, {"inner": (2,), "cortex": (1,)})["inner"] == {"box", "click"}
+
+
 def test_protocol_records_dice_per_prompt_with_the_baseline():
     subject = ct_phantom(3, oblique=True)
     truth = subject.label.array == PHANTOM_LABELS["right kidney"]

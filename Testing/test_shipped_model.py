@@ -1,6 +1,6 @@
 """The shipped default (the moe bundle) on held-out data: it segments, clicks land where SimpleITK
-says, and corrective clicks improve a damaged mask; the gate keeps the general model for a brain box
-and routes a white-matter click to its member."""
+says, and corrective clicks improve a damaged mask; the gate routes a T1 brain box and a T1
+white-matter click to their members, each better than the general model."""
 
 import numpy as np
 import pytest
@@ -89,8 +89,13 @@ def test_the_shipped_bundles_fit_the_budget_and_the_moe_loads_lazily():
     subject = mni_subject(TEST_SEEDS[4])
     session.set_image(subject.image)
     brain = np.isin(subject.label.array, BRAIN_VALUES)
-    run = run_protocol(session, subject.image, brain, 1, target="brain")
-    assert run.dice[-1] > 0.85 and moe.members.loaded == ["general"]  # a brain box stays general
+    session.pin("general")  # the gate bypassed: the general model answers the brain box
+    pinned = run_protocol(session, subject.image, brain, 1, target="brain (general)")
+    assert pinned.dice[-1] > 0.85 and moe.members.loaded == ["general"]
+    session.pin(None)  # the gate routes the same box on a T1 image to the T1 brain member
+    routed = run_protocol(session, subject.image, brain, 1, target="brain (routed)")
+    assert routed.experts == ["mni-t1-brain"] and moe.members.loaded == ["general", "mni-t1-brain"]
+    assert routed.dice[-1] > pinned.dice[-1] + 0.02, (routed.dice, pinned.dice)
     white_matter = subject.label.array == MNI_LABELS["white matter"]
     click = ijk_to_ras_points(component_centre(white_matter)[0][::-1].astype(float),
                               subject.image.ijk_to_ras)
@@ -101,5 +106,5 @@ def test_the_shipped_bundles_fit_the_budget_and_the_moe_loads_lazily():
     session.pin(None)  # the gate routes a click on T1 white matter to the T1 white-matter member
     session.set_target("white matter (routed)")
     assert session.add_point(click).expert == "mni-t1-wm"
-    assert moe.members.loaded == ["general", "mni-t1-wm"]
+    assert moe.members.loaded == ["general", "mni-t1-brain", "mni-t1-wm"]
     assert dice(session.mask > 0, white_matter) > general + 0.1, general

@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
-# Recipe of the shipped models, ka2er_core/bundles/demo (the KA2ER student, the default) and
-# ka2er_core/bundles/moe (SAM-Med3D-MoE over it), on a 2-core CPU:
+# Recipe of the shipped models, ka2er_core/bundles/demo (the KA2ER student) and
+# ka2er_core/bundles/moe (SAM-Med3D-MoE over it, the default), on a 2-core CPU:
 #  0. the general promptable model (scripts/train_general_model.sh), unless WORK_DIR/general exists;
 #  1. the KA2ER ablation (scripts/ablation.sh): task experts, plain multi-task fine-tuning and the
 #     KA2ER student, both students from the general model with the same budget;
 #  2. task members fine-tuned from the KA2ER student on one target each (the task's other targets
 #     weighted 0): white matter on MNI T1 and on MNI T2-like (800 steps), the brain on MNI T1 and
 #     other brain on MNI T1 and on MNI T2-like (400 steps); and a gate over student + members (all
-#     frozen) trained on the first prompts of all four tasks: the moe bundle, the default;
+#     frozen) trained on the first prompts of all four tasks (soft targets softmax(Dice / 0.02),
+#     train-gate's default; threshold: the best on held-out crops): the moe bundle, the default;
 #  3. held-out evaluation of the student, each member alone and the moe at 1/3/5 prompts;
 #  4. the two bundles copied into the package (bundle.json and weights; the model cards stay).
 # Usage: scripts/train_shipped_models.sh WORK_DIR [EXPERT_STEPS] [STUDENT_STEPS] [MEMBER_STEPS] [GATE_STEPS]

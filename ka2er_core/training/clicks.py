@@ -41,7 +41,11 @@ def next_click(prediction: np.ndarray, truth: np.ndarray) -> Optional[tuple[np.n
     return extra[0], False
 
 
-def jittered_box(mask: np.ndarray, rng: np.random.Generator, jitter: float = 0.1):
+BOX_JITTER = 0.1
+"""How far each side of a simulated box may move, as a share of the target's extent along it."""
+
+
+def jittered_box(mask: np.ndarray, rng: np.random.Generator, jitter: float = BOX_JITTER):
     """A box around the foreground with each side moved by up to ``jitter`` of its extent, (k, j, i)."""
     lo, hi = foreground_bounds(mask)
     extent = hi - lo + 1
@@ -50,21 +54,19 @@ def jittered_box(mask: np.ndarray, rng: np.random.Generator, jitter: float = 0.1
     return np.minimum(lo, hi), np.maximum(lo, hi)
 
 
-BOX_OVERLAP = 0.9
-"""Boxes with at least this IoU count as the same box."""
-
-
-def box_iou(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray]) -> float:
-    """IoU of two inclusive voxel boxes (lo, hi)."""
-    overlap = np.prod(np.clip(np.minimum(a[1], b[1]) - np.maximum(a[0], b[0]) + 1, 0, None))
-    volume = [np.prod(hi - lo + 1) for lo, hi in (a, b)]
-    return float(overlap / (volume[0] + volume[1] - overlap))
+def same_box(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray]) -> bool:
+    """Whether two inclusive voxel boxes (lo, hi) are one box as a user draws it: every side of one
+    lies within :data:`BOX_JITTER` of the larger extent along that axis from the other's."""
+    extent = np.maximum(a[1] - a[0], b[1] - b[0]) + 1
+    return bool(np.all(np.abs(a[0] - b[0]) <= BOX_JITTER * extent)
+                and np.all(np.abs(a[1] - b[1]) <= BOX_JITTER * extent))
 
 
 def first_prompts(label: np.ndarray, targets: Mapping[str, Sequence[int]]) -> dict[str, frozenset]:
     """Which first prompts ("box", "click") identify each target present in ``label`` (k, j, i).
 
-    Nested targets share a box: white matter, grey matter and CSF all have the brain's box. A box then
+    Nested targets share a box (:func:`same_box`: no farther apart than a drawn box's own jitter):
+    white matter, grey matter and CSF all have the brain's box. A box then
     means the largest of them (the brain), and the others can only start with a click, which means
     the smallest target under it. A region made of other targets (the brain: grey + white + CSF) never
     starts with a click, which would name the tissue under it.
@@ -75,7 +77,7 @@ def first_prompts(label: np.ndarray, targets: Mapping[str, Sequence[int]]) -> di
     kinds = {}
     for name, box in boxes.items():
         shared = [other for other, other_box in boxes.items()
-                  if other != name and box_iou(box, other_box) >= BOX_OVERLAP]
+                  if other != name and same_box(box, other_box)]
         is_region = any(set(targets[other]) < set(targets[name]) for other in boxes if other != name)
         box_names_it = all(sizes[other] < sizes[name] for other in shared)
         if is_region:

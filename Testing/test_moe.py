@@ -230,18 +230,28 @@ def test_the_gate_routes_each_task_to_the_member_that_segments_it(phantoms, tmp_
     assert experts == {"Dataset003_CTPhantom": "general", "Dataset004_MRPhantom": "MRPhantom"}
 
 
-def test_the_threshold_keeps_a_small_gain_on_a_few_crops_and_refuses_a_loss():
-    """Validation crops: on 10 a member (gate probability 0.62) gains 0.03 Dice, on 5 (0.82) 0.03, on
-    90 (0.3) it would lose 0.6. The mean gain of routing the 15 is 0.004 Dice: kept (threshold 0.6)."""
-    def crops(count, probability, general, member):
+def test_the_threshold_keeps_small_gains_and_forgets_no_target():
+    """Validation crops: on 10 of target a a member (gate probability 0.62) gains 0.03 Dice, on 5 of
+    b (0.82) 0.03, on 90 of c (0.3) it would lose 0.6. The mean gain of routing a and b is 0.004
+    Dice: kept (threshold 0.6). Add 4 crops of d (0.72) where it loses 0.02, a gain on average over
+    all crops but a fall of d's Dice beyond the limit: only b is routed (0.8)."""
+    def crops(target, count, probability, general, member):
         logits = torch.tensor([[0.0, float(np.log(probability / (1 - probability)))]]).repeat(count, 1)
-        return logits, torch.tensor([[general, member]]).repeat(count, 1)
-    parts = [crops(10, 0.62, 0.90, 0.93), crops(5, 0.82, 0.90, 0.93), crops(90, 0.3, 0.80, 0.20)]
-    scored = type("Kept", (), {"features": [p[0] for p in parts], "dice": [p[1] for p in parts]})
-    threshold, selection = choose_threshold(torch.nn.Identity(), scored, crops=105, seed=0)
-    assert threshold == 0.6
+        return target, logits, torch.tensor([[general, member]]).repeat(count, 1)
+
+    def choose(*parts):
+        kept = type("Kept", (), {"features": [p[1] for p in parts], "dice": [p[2] for p in parts],
+                                 "targets": [p[0] for p in parts for _ in range(len(p[1]))]})
+        return choose_threshold(torch.nn.Identity(), kept, crops=len(kept.targets), seed=0)
+
+    parts = [crops("a", 10, 0.62, 0.90, 0.93), crops("b", 5, 0.82, 0.90, 0.93),
+             crops("c", 90, 0.3, 0.80, 0.20)]
+    threshold, selection = choose(*parts)
+    assert threshold == 0.6 and selection["largest_target_fall"] <= 0
     assert selection["routed_to_task_members"] == pytest.approx(15 / 105)
     assert selection["dice_routed"] == pytest.approx(selection["dice_general"] + 15 * 0.03 / 105)
+    threshold, selection = choose(*parts, crops("d", 4, 0.72, 0.90, 0.88))
+    assert threshold == 0.8 and selection["routed_to_task_members"] == pytest.approx(5 / 109)
 
 
 def test_pinning_bypasses_the_gate(tiny_moe, volume, monkeypatch):

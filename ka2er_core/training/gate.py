@@ -37,6 +37,9 @@ THRESHOLDS = tuple(i / 20 for i in range(22))
 PROMPT_SETS = {"first": {"max_extra_clicks": 0, "correct_probability": 0.0}, "all": {}}
 """The prompts of scored crops as CropSampler settings: none of its simulated clicks or damaged masks
 to correct ("first"), or its defaults, those of the general model's training ("all")."""
+FORGETTING_LIMIT = 0.005
+"""Routing may lower no target's mean validation Dice by more than this (SAM-Med3D-MoE: the general
+tasks are not forgotten)."""
 
 
 class GateLoss(nn.Module):
@@ -84,13 +87,15 @@ class ScoredCrops:
         self.members = [member.to(device).eval().requires_grad_(False) for member in members]
         self.features: list[torch.Tensor] = []
         self.dice: list[torch.Tensor] = []
+        self.targets: list[str] = []  # "task: target" of each kept crop
 
     def __call__(self, step: int, rng: np.random.Generator) -> dict:
         if not self.features or step % self.reuse == 0:
-            features, dice = score_members(self.members, self.gate, self.sampler(step, rng),
-                                           self.device)
+            samples, batch = self.sampler.draw(rng)
+            features, dice = score_members(self.members, self.gate, batch, self.device)
             self.features.append(features)
             self.dice.append(dice)
+            self.targets += [f"{sample.task}: {sample.target}" for sample in samples]
             return {"features": features, "dice": dice}
         kept = torch.cat(self.features), torch.cat(self.dice)
         draw = torch.from_numpy(rng.integers(len(kept[0]), size=self.sampler.batch_size))
@@ -111,22 +116,30 @@ def hold_out_last_case(items: Sequence[LabelledImage]) -> tuple[list, list]:
 @torch.no_grad()
 def choose_threshold(gate: Gate, scored: ScoredCrops, crops: int, seed: int) -> tuple[float, dict]:
     """The threshold of :data:`THRESHOLDS` with the best mean Dice of the routed member over
-    ``crops`` validation crops (drawn by ``scored``), the highest of equals: the general model
-    answers unless routing away from it pays. A member that helps one target of many raises the
-    mean by little, so any gain counts. Returns it and a summary
-    (mean Dice of the general model, routed and best member; share routed to task members)."""
+    ``crops`` validation crops (drawn by ``scored``) among those under which no target's mean Dice
+    falls more than :data:`FORGETTING_LIMIT` below the general model's (no forgetting); the
+    highest of equals. A member that helps one target of many raises the mean by little, so any
+    gain counts. Returns it and a summary (mean Dice of the general model, routed and best member;
+    share routed to task members; the largest fall of a target's mean Dice)."""
     rng = np.random.default_rng([seed, 1])
     while sum(len(d) for d in scored.dice) < crops:
         scored(0, rng)
     probabilities = torch.softmax(gate(torch.cat(scored.features)[:crops]), dim=1)
     dice = torch.cat(scored.dice)[:crops]
+    names = np.array(scored.targets[:crops])
+    groups = [torch.from_numpy(np.flatnonzero(names == name)) for name in np.unique(names)]
     choices = [route(probabilities, threshold) for threshold in THRESHOLDS]
-    means = [float(dice.gather(1, chosen[:, None]).mean()) for chosen in choices]
-    best = max(i for i, mean in enumerate(means) if mean == max(means))
+    routed = [dice.gather(1, chosen[:, None])[:, 0] for chosen in choices]
+    means = [float(r.mean()) for r in routed]
+    falls = [max(float(dice[group, 0].mean() - r[group].mean()) for group in groups) for r in routed]
+    allowed = [i for i, fall in enumerate(falls) if fall <= FORGETTING_LIMIT]
+    top = max(means[i] for i in allowed)
+    best = max(i for i in allowed if means[i] == top)
     return THRESHOLDS[best], {"crops": len(dice), "threshold": THRESHOLDS[best],
                               "dice_general": float(dice[:, 0].mean()), "dice_routed": means[best],
                               "dice_best_member": float(dice.max(1).values.mean()),
-                              "routed_to_task_members": float((choices[best] > 0).float().mean())}
+                              "routed_to_task_members": float((choices[best] > 0).float().mean()),
+                              "largest_target_fall": falls[best]}
 
 
 def moe_members(general: Path, members: Sequence[Path]) -> tuple[list[Segmenter], set[str]]:

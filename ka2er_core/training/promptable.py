@@ -204,9 +204,13 @@ class CropSampler:
             if crop is not None:
                 return crop
 
-    def __call__(self, step: int, rng: np.random.Generator) -> dict:
+    def draw(self, rng: np.random.Generator) -> tuple[list[CropSample], dict]:
+        """A batch and the crop samples it stacks (which task and target each crop shows)."""
         samples = [self.sample(rng) for _ in range(self.batch_size)]
-        return collate(samples, rng, self.max_extra_clicks, self.correct_probability)
+        return samples, collate(samples, rng, self.max_extra_clicks, self.correct_probability)
+
+    def __call__(self, step: int, rng: np.random.Generator) -> dict:
+        return self.draw(rng)[1]
 
 
 def load_training_items(folders: Sequence, normalization: Normalization, progress=None,

@@ -352,7 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
     gate.add_argument("--lr", type=float, default=3e-3, help="peak learning rate")
     gate.add_argument("--temperature", type=float, default=0.02,
                       help="soft targets are softmax(Dice / temperature) (default 0.02: a member "
-                           "0.03 Dice better on a crop gets 0.82 of it)")
+                           "0.03 Dice better than the general model on a crop gets 0.82 of it)")
     gate.add_argument("--validation-crops", type=positive_int, default=32,
                       help="held-out crops the threshold is chosen on (default 32)")
     gate.add_argument("--prompts", choices=("first", "all"), default="first",

@@ -66,10 +66,10 @@ def first_prompts(label: np.ndarray, targets: Mapping[str, Sequence[int]]) -> di
     """Which first prompts ("box", "click") identify each target present in ``label`` (k, j, i).
 
     Nested targets share a box (:func:`same_box`: no farther apart than a drawn box's own jitter):
-    white matter, grey matter and CSF all have the brain's box. A box then
-    means the largest of them (the brain), and the others can only start with a click, which means
-    the smallest target under it. A region made of other targets (the brain: grey + white + CSF) never
-    starts with a click, which would name the tissue under it.
+    white matter, grey matter and CSF all have the brain's box. A box then means the largest of them
+    (the brain), and the others can only start with a click, which means the smallest target under
+    it. A region made of other targets (the brain: grey + white + CSF) never starts with a click,
+    which would name the tissue under it.
     """
     masks = {name: np.isin(label, values) for name, values in targets.items()}
     sizes = {name: int(mask.sum()) for name, mask in masks.items()}

@@ -28,7 +28,8 @@ from ka2er_core.modeling.gate import Gate
 from ka2er_core.modeling.normalization import Normalization
 from ka2er_core.modeling.prompt_encoder import (BOX_HIGH, BOX_LOW, FLAT_BOX_HIGH,
                                                 FLAT_BOX_LOW, NEGATIVE, PAD, POSITIVE)
-from ka2er_core.training.gate import PROMPT_SETS, choose_threshold, hold_out_last_case, train_gate
+from ka2er_core.training.gate import (PROMPT_SETS, choose_threshold, hold_out_last_case,
+                                      member_modalities, moe_members, train_gate)
 from ka2er_core.training.promptable import CropSampler, load_training_items
 from ka2er_core.training.samples import LabelledImage
 
@@ -234,15 +235,24 @@ def test_the_threshold_keeps_small_gains_and_forgets_no_target():
     """Validation crops: on 10 of target a a member (gate probability 0.62) gains 0.03 Dice, on 5 of
     b (0.82) 0.03, on 90 of c (0.3) it would lose 0.6. The mean gain of routing a and b is 0.004
     Dice: kept (threshold 0.6). Add 4 crops of d (0.72) where it loses 0.02, a gain on average over
-    all crops but a fall of d's Dice beyond the limit: only b is routed (0.8)."""
-    def crops(target, count, probability, general, member):
+    all crops but a fall of d's Dice beyond the limit: only b is routed (0.8). The same crops of d
+    on CT, where the member (tuned on MR) may not answer, stay with the general model: 0.6 again."""
+    class Logits(torch.nn.Identity):
+        """A gate whose input is its logits; its member answers on MR only."""
+
+        def eligible(self, modality):
+            return torch.tensor([True, modality == "mr"])
+
+    def crops(target, count, probability, general, member, modality="mr"):
         logits = torch.tensor([[0.0, float(np.log(probability / (1 - probability)))]]).repeat(count, 1)
-        return target, logits, torch.tensor([[general, member]]).repeat(count, 1)
+        dice = torch.tensor([[general, member]]).repeat(count, 1)
+        return target, logits, dice, [modality] * count
 
     def choose(*parts):
         kept = type("Kept", (), {"features": [p[1] for p in parts], "dice": [p[2] for p in parts],
-                                 "targets": [p[0] for p in parts for _ in range(len(p[1]))]})
-        return choose_threshold(torch.nn.Identity(), kept, crops=len(kept.targets), seed=0)
+                                 "targets": [p[0] for p in parts for _ in range(len(p[1]))],
+                                 "modalities": [m for p in parts for m in p[3]]})
+        return choose_threshold(Logits(), kept, crops=len(kept.targets), seed=0)
 
     parts = [crops("a", 10, 0.62, 0.90, 0.93), crops("b", 5, 0.82, 0.90, 0.93),
              crops("c", 90, 0.3, 0.80, 0.20)]
@@ -252,6 +262,53 @@ def test_the_threshold_keeps_small_gains_and_forgets_no_target():
     assert selection["dice_routed"] == pytest.approx(selection["dice_general"] + 15 * 0.03 / 105)
     threshold, selection = choose(*parts, crops("d", 4, 0.72, 0.90, 0.88))
     assert threshold == 0.8 and selection["routed_to_task_members"] == pytest.approx(5 / 109)
+    threshold, selection = choose(*parts, crops("d", 4, 0.72, 0.90, 0.88, modality="ct"))
+    assert threshold == 0.6 and selection["routed_to_task_members"] == pytest.approx(15 / 109)
+    assert selection["largest_target_fall"] <= 0
+
+
+def test_members_answer_only_on_the_modalities_they_were_tuned_on(tiny_moe, volume, tmp_path,
+                                                                   capsys):
+    """train-gate reads each member's training datasets off its bundle and its modalities off
+    their images; the session's gate never routes an image of another modality to it; a bad entry
+    is refused."""
+    _, members, _ = tiny_moe
+    for member, datasets in (("liver", ["CT"]), ("brain", ["MR", "elsewhere"]), ("mixed", ["both"]),
+                             ("unknown", ["elsewhere"])):
+        save_bundle(tmp_path / member, replace(members[1], name=member),
+                    training={"datasets": datasets})
+    others = [tmp_path / member for member in ("brain", "mixed", "unknown")]
+    _, _, datasets = moe_members(tmp_path / "liver", others)
+    assert datasets == {"brain": ["MR", "elsewhere"], "mixed": ["both"], "unknown": ["elsewhere"]}
+    items = [LabelledImage(None, None, (0.0, 1.0, 1.0), task, modality=modality)
+             for task, modality in (("CT", "ct"), ("MR", "mr"), ("MR", "mr"), ("both", "ct"),
+                                    ("both", "mr"))]
+    messages = []
+    modalities = member_modalities({"liver": ["CT"], **datasets}, items, messages.append)
+    assert modalities == {"liver": ["ct"], "brain": ["mr"], "mixed": ["ct", "mr"]}
+    assert len(messages) == 1 and messages[0].startswith("unknown: ")
+
+    path = copy_of(tiny_moe[0], tmp_path / "moe")
+    meta = json.loads((path / "bundle.json").read_text())
+    meta["gate"]["modalities"] = {"liver": ["ct"], "brain": ["mr"]}
+    (path / "bundle.json").write_text(json.dumps(meta))
+    bundle = load_bundle(path)
+    assert bundle.gate.eligible("ct").tolist() == [True, True, False]
+    assert main(["bundle", "inspect", str(path)]) == 0
+    assert re.search(r"liver +answers on ct only", capsys.readouterr().out)
+    ct = Volume(volume.array - 1100, volume.ijk_to_ras)  # the same image in HU: air is there
+    for image, expected in ((volume, {"brain": "brain", "liver": "general"}),
+                            (ct, {"brain": "general", "liver": "liver"})):
+        for member, answer in expected.items():
+            always(bundle.gate, member)
+            session = InteractiveSession(bundle, device="cpu")
+            session.set_image(image)
+            assert session.add_point(centre_ras(image)).expert == answer, (member, answer)
+
+    meta["gate"]["modalities"] = {"brain": ["pet"]}
+    (path / "bundle.json").write_text(json.dumps(meta))
+    with pytest.raises(BundleError, match=r"gate: .*'brain'.*\('ct', 'mr'\)"):
+        load_bundle(path)
 
 
 def test_pinning_bypasses_the_gate(tiny_moe, volume, monkeypatch):

@@ -1,6 +1,6 @@
 """The shipped default (the moe bundle) on held-out data: it segments, clicks land where SimpleITK
 says, and corrective clicks improve a damaged mask; the gate routes a T1 brain box and a T1
-white-matter click to their members, each better than the general model."""
+white-matter click to their members, each better than the general model, and no CT click to them."""
 
 import numpy as np
 import pytest
@@ -8,7 +8,8 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from ka2er_core import InteractiveSession, load_bundle, save_volume
-from ka2er_core.data import MNI_LABELS, TEST_SEEDS, ct_phantom, mni_subject
+from ka2er_core.bundle import STUDENT_BUNDLE
+from ka2er_core.data import MNI_LABELS, PHANTOM_LABELS, TEST_SEEDS, ct_phantom, mni_subject
 from ka2er_core.data.mni import BRAIN_VALUES
 from ka2er_core.evaluation.protocol import dice, run_protocol
 from ka2er_core.geometry import ijk_to_ras_points, ras_to_lps
@@ -108,3 +109,21 @@ def test_the_shipped_bundles_fit_the_budget_and_the_moe_loads_lazily():
     assert session.add_point(click).expert == "mni-t1-wm"
     assert moe.members.loaded == ["general", "mni-t1-brain", "mni-t1-wm"]
     assert dice(session.mask > 0, white_matter) > general + 0.1, general
+
+
+def test_ct_prompts_never_reach_the_members_tuned_on_mr(session):
+    """Every task member of the shipped gate was fine-tuned on MNI (MR) images, so clicks on CT,
+    even on small oblique phantoms unlike any crop the gate learned from, are answered by the
+    general model, as the student alone answers them (no forgetting)."""
+    assert set(map(tuple, session.bundle.gate.modalities.values())) == {("mr",)}
+    student = InteractiveSession(load_bundle(STUDENT_BUNDLE), device="cpu")
+    for n, name in enumerate(("liver", "lesion", "spine")):
+        phantom = ct_phantom(TEST_SEEDS[n], shape=(18 + n, 40, 40), spacing=(4.0, 3.0, 3.0),
+                             oblique=True)
+        truth = phantom.label.array == PHANTOM_LABELS[name]
+        click = ijk_to_ras_points(component_centre(truth)[0][::-1].astype(float),
+                                  phantom.image.ijk_to_ras)
+        for each in (session, student):
+            each.set_image(phantom.image)
+            assert each.add_point(click).expert == "general", name
+        assert np.array_equal(session.mask, student.mask), name

@@ -359,7 +359,10 @@ def load_gate(path: Path, meta: dict[str, Any], device: Union[str, torch.device]
     if entry.get("members") != list(meta["members"]):
         raise BundleError(f"{entry.get('members')!r} differs from the bundle's members "
                           f"{list(meta['members'])}", path=path / "bundle.json", field="gate.members")
-    gate = Gate(**entry)
+    try:
+        gate = Gate(**entry)
+    except (TypeError, ValueError) as error:
+        raise BundleError(str(error), path=path / "bundle.json", field="gate") from None
     gate.load_state_dict(load_file(str(weights)))
     return gate.to(device).eval()
 

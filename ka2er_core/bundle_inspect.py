@@ -218,6 +218,8 @@ def format_report(report: dict[str, Any]) -> str:
         lines += ["gate",
                   f"  threshold      {number(gate['threshold'])}",
                   f"  members        {', '.join(gate.get('members', []))}",
+                  *(f"  {name:<14} answers on {', '.join(kinds)} only"
+                    for name, kinds in gate.get("modalities", {}).items()),
                   f"  parameters     {describe_parameters(gate['parameters'])}",
                   f"  weights        {describe_size(gate['weights'])}"]
     lines += ["training"] + nested_lines(report["training"])

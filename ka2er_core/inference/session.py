@@ -5,8 +5,9 @@ the cached crop runs only the prompt encoder and mask decoder, and only the voxe
 have changed are re-rendered and pasted into the mask.
 
 With a moe bundle's gate, each prompt is routed: the gate reads the general model's embedding of the
-crop and the prompts, and the member it selects answers the whole prompt (zoom-outs and corrections
-included), computing its own embedding of a crop only when selected for it.
+crop and the prompts, and the member it selects among those allowed on the image's modality answers
+the whole prompt (zoom-outs and corrections included), computing its own embedding of a crop only
+when selected for it.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from ..errors import PromptError
 from ..geometry import (crop_grid, foreground_bounds, ijk_box_to_ras, ijk_to_ras_points, ras_to_ijk,
                         resample)
 from ..modeling.gate import route
+from ..modeling.normalization import image_modality
 from ..modeling.prompt_encoder import (BOX_HIGH, BOX_LOW, FLAT_BOX_HIGH, FLAT_BOX_LOW, NEGATIVE,
                                        POSITIVE)
 from ..volume import Grid, Volume
@@ -127,6 +129,7 @@ class InteractiveSession:
         """Use ``volume`` (not copied); clears targets and cached embeddings."""
         self.volume = volume
         self._stats = self.segmenter.normalization.statistics(volume.array)
+        self._modality = image_modality(volume.array)
         self._fill = float(np.min(volume.array[::4, ::4, ::4]))
         self.targets.clear()
         self._embeddings.clear()
@@ -255,7 +258,8 @@ class InteractiveSession:
         coords, labels = self._encode_prompts(prompts, crop)
         with torch.inference_mode():
             logits = gate(gate.inputs(general.model, self._embedding(crop, general), coords, labels))
-        chosen = int(route(torch.softmax(logits[0], -1), gate.threshold))
+        allowed = gate.eligible(self._modality)
+        chosen = int(route(torch.softmax(logits[0], -1), gate.threshold, allowed))
         self.segmenter = self._member(gate.members[chosen])
 
     def _embedding(self, crop: Grid, member: Optional[Segmenter] = None):

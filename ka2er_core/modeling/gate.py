@@ -2,13 +2,14 @@
 
 The gate reads what the general model already computed for the crop and the prompts, and scores
 every member: the general model first, then each task-tuned member. A selection strategy turns the
-scores into one member: the top-1 member when its probability reaches a threshold, else the general
-model.
+scores into one member: the top-1 member among those allowed on the image's modality (one
+fine-tuned on MR only never answers on CT) when its probability reaches a threshold, else the
+general model.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Mapping, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -16,6 +17,7 @@ from torch import Tensor, nn
 
 from .common import MLP
 from .image_encoder import ImageEmbedding
+from .normalization import MODALITIES
 from .prompt_encoder import PAD, POSITIVE
 from .promptable import PromptableSegmenter
 
@@ -30,13 +32,21 @@ class Gate(nn.Module):
     general model's full-resolution features (that many channels) sampled at the positive clicks,
     the intensity under them (0 in gates made before it). ``threshold``: the selection
     threshold (see :func:`route`), chosen on validation data by ``ka2er train-gate``.
+    ``modalities``: member -> the image modalities ("ct", "mr") it may answer on, those of the data
+    it was fine-tuned on (a member not named, and the general model, answers on any).
     """
 
     def __init__(self, members: Sequence[str], dim: int, crop_size: int,
                  stage_channels: Sequence[int], hidden: int = 128, threshold: float = 0.5,
-                 prompt_stages: Sequence[int] = (), fine_channels: int = 0):
+                 prompt_stages: Sequence[int] = (), fine_channels: int = 0,
+                 modalities: Optional[Mapping[str, Sequence[str]]] = None):
         super().__init__()
         self.members = list(members)
+        self.modalities = {name: sorted(kinds) for name, kinds in (modalities or {}).items()}
+        for name, kinds in self.modalities.items():
+            if name not in self.members[1:] or not set(kinds) <= set(MODALITIES):
+                raise ValueError(f"gate modalities: {name!r}: expected a task member's name with "
+                                 f"modalities among {MODALITIES}, got {kinds}")
         self.dim, self.crop_size, self.hidden = dim, crop_size, hidden
         self.stage_channels = list(stage_channels)
         self.prompt_stages = list(prompt_stages)
@@ -49,19 +59,27 @@ class Gate(nn.Module):
 
     @classmethod
     def for_model(cls, members: Sequence[str], general: PromptableSegmenter, hidden: int = 128,
-                  prompt_stages: Sequence[int] = (0, 1), fine: bool = True) -> "Gate":
+                  prompt_stages: Sequence[int] = (0, 1), fine: bool = True,
+                  modalities: Optional[Mapping[str, Sequence[str]]] = None) -> "Gate":
         """A new gate over ``members`` reading ``general``'s features."""
         config = general.config
         stages = [config.encoder_embed_dim * 2 ** s for s in range(len(config.encoder_depths) + 1)]
         return cls(members, config.dim, config.crop_size, stages, hidden,
-                   prompt_stages=prompt_stages, fine_channels=config.fine_channels if fine else 0)
+                   prompt_stages=prompt_stages, fine_channels=config.fine_channels if fine else 0,
+                   modalities=modalities)
 
     def config(self) -> dict:
         """What rebuilds this gate (stored in ``bundle.json``)."""
         return {"members": self.members, "dim": self.dim, "crop_size": self.crop_size,
                 "stage_channels": self.stage_channels, "hidden": self.hidden,
                 "threshold": self.threshold, "prompt_stages": self.prompt_stages,
-                "fine_channels": self.fine_channels}
+                "fine_channels": self.fine_channels,
+                **({"modalities": self.modalities} if self.modalities else {})}
+
+    def eligible(self, modality: str) -> Tensor:
+        """(M,) bool: which members may answer on an image of ``modality`` ("ct" or "mr")."""
+        return torch.tensor([name not in self.modalities or modality in self.modalities[name]
+                             for name in self.members])
 
     def inputs(self, general: PromptableSegmenter, embedding: ImageEmbedding, coords: Tensor,
                labels: Tensor) -> Tensor:
@@ -106,8 +124,11 @@ class Gate(nn.Module):
         return self.mlp(self.norm(features))
 
 
-def route(probabilities: Tensor, threshold: float) -> Tensor:
+def route(probabilities: Tensor, threshold: float, eligible: Optional[Tensor] = None) -> Tensor:
     """The selection strategy: probabilities (..., M), general model first -> member index (...):
-    the top-1 member when its probability reaches ``threshold``, else 0 (the general model)."""
+    the top-1 member among the ``eligible`` ones ((..., M) bool, default all) when its probability
+    reaches ``threshold``, else 0 (the general model)."""
+    if eligible is not None:
+        probabilities = probabilities * eligible.to(probabilities.device)
     top_probability, top = probabilities.max(-1)
     return torch.where(top_probability >= threshold, top, torch.zeros_like(top))

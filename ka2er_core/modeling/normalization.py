@@ -7,13 +7,21 @@ from typing import Any
 
 import numpy as np
 
+MODALITIES = ("ct", "mr")
+
+
+def image_modality(array: np.ndarray) -> str:
+    """"ct" for an image in HU (1st percentile of every 3rd voxel below -500, where air is), else
+    "mr": the rule of the "auto" normalisation, also the one a moe gate's members are kept to."""
+    sample = np.asarray(array[::3, ::3, ::3], dtype=np.float32).ravel()
+    return "ct" if np.percentile(sample, 1) < -500 else "mr"
+
 
 @dataclass(frozen=True)
 class Normalization:
     """``kind`` "ct": clip to [``low``, ``high``] HU and map to [-1, 1]. ``kind`` "mr": z-score with
     the mean and std of foreground voxels (above the 20th percentile), clipped to +-``clip`` sd.
-    ``kind`` "auto" (one model for CT and MR): "ct" for images in HU (1st percentile below -500, where
-    air is), else "mr".
+    ``kind`` "auto" (one model for CT and MR): "ct" or "mr" as :func:`image_modality` tells.
     """
 
     kind: str = "auto"
@@ -28,9 +36,7 @@ class Normalization:
     def statistics(self, array: np.ndarray) -> tuple[float, float, float]:
         """(offset, scale, clip) for this image, computed once on a subsample (every 3rd voxel)."""
         sample = np.asarray(array[::3, ::3, ::3], dtype=np.float32).ravel()
-        kind = self.kind
-        if kind == "auto":
-            kind = "ct" if np.percentile(sample, 1) < -500 else "mr"
+        kind = image_modality(array) if self.kind == "auto" else self.kind
         if kind == "ct":
             return (self.low + self.high) / 2, (self.high - self.low) / 2, 1.0
         foreground = sample[sample > np.percentile(sample, 20)]

@@ -8,7 +8,9 @@ members is the whole cost and the gate is tiny, so each scored batch is kept and
 batch every ``reuse`` steps, a random draw of kept crops in between.
 The last training case of each task is held out of gate training; on crops drawn from those cases
 the selection threshold is chosen (top-1 member when its probability reaches it, else the general
-model) by mean Dice, and stored in the moe bundle.
+model) by mean Dice, and stored in the moe bundle. Each task member may answer only on the image
+modalities of the tasks it was fine-tuned on (its bundle's ``training.datasets``), in validation
+as in the session.
 """
 
 from __future__ import annotations
@@ -88,6 +90,7 @@ class ScoredCrops:
         self.features: list[torch.Tensor] = []
         self.dice: list[torch.Tensor] = []
         self.targets: list[str] = []  # "task: target" of each kept crop
+        self.modalities: list[str] = []  # its image's modality
 
     def __call__(self, step: int, rng: np.random.Generator) -> dict:
         if not self.features or step % self.reuse == 0:
@@ -96,6 +99,7 @@ class ScoredCrops:
             self.features.append(features)
             self.dice.append(dice)
             self.targets += [f"{sample.task}: {sample.target}" for sample in samples]
+            self.modalities += [sample.source.modality for sample in samples]
             return {"features": features, "dice": dice}
         kept = torch.cat(self.features), torch.cat(self.dice)
         draw = torch.from_numpy(rng.integers(len(kept[0]), size=self.sampler.batch_size))
@@ -125,10 +129,11 @@ def choose_threshold(gate: Gate, scored: ScoredCrops, crops: int, seed: int) -> 
     while sum(len(d) for d in scored.dice) < crops:
         scored(0, rng)
     probabilities = torch.softmax(gate(torch.cat(scored.features)[:crops]), dim=1)
+    eligible = torch.stack([gate.eligible(modality) for modality in scored.modalities[:crops]])
     dice = torch.cat(scored.dice)[:crops]
     names = np.array(scored.targets[:crops])
     groups = [torch.from_numpy(np.flatnonzero(names == name)) for name in np.unique(names)]
-    choices = [route(probabilities, threshold) for threshold in THRESHOLDS]
+    choices = [route(probabilities, threshold, eligible) for threshold in THRESHOLDS]
     routed = [dice.gather(1, chosen[:, None])[:, 0] for chosen in choices]
     means = [float(r.mean()) for r in routed]
     falls = [max(float(dice[group, 0].mean() - r[group].mean()) for group in groups) for r in routed]
@@ -142,9 +147,11 @@ def choose_threshold(gate: Gate, scored: ScoredCrops, crops: int, seed: int) -> 
                               "largest_target_fall": falls[best]}
 
 
-def moe_members(general: Path, members: Sequence[Path]) -> tuple[list[Segmenter], set[str]]:
+def moe_members(general: Path, members: Sequence[Path]
+                ) -> tuple[list[Segmenter], set[str], dict[str, list[str]]]:
     """The general model (named "general") and each task member (named after its bundle folder),
-    checked to be promptable fine-tunes sharing the general model's settings; and their labels."""
+    checked to be promptable fine-tunes sharing the general model's settings; their labels; and
+    each task member's training datasets (from its bundle's ``training.datasets``)."""
     named = {"general": general}
     for path in members:
         if path.name in named or path.name == GATE_WEIGHTS:
@@ -152,7 +159,7 @@ def moe_members(general: Path, members: Sequence[Path]) -> tuple[list[Segmenter]
                               f"'general', members are named after their folders and "
                               f"{GATE_WEIGHTS!r} is reserved", path=path)
         named[path.name] = path
-    loaded, labels = [], set()
+    loaded, labels, datasets = [], set(), {}
     for name, path in named.items():
         bundle = load_bundle(path)
         if not isinstance(bundle.default, Segmenter):
@@ -160,8 +167,26 @@ def moe_members(general: Path, members: Sequence[Path]) -> tuple[list[Segmenter]
                               path=path, field="kind")
         loaded.append(replace(bundle.default, name=name))
         labels.update(bundle.meta.get("labels", []))
+        if name != "general":
+            datasets[name] = list(bundle.meta.get("training", {}).get("datasets", []))
     check_shared_settings({m.name: member_entry(m, "") for m in loaded}, None)
-    return loaded, labels
+    return loaded, labels, datasets
+
+
+def member_modalities(datasets: Mapping[str, Sequence[str]], items: Sequence[LabelledImage],
+                      progress=None) -> dict[str, list[str]]:
+    """Task member -> the modalities of the training images of the datasets it was fine-tuned on
+    (``datasets``, as :func:`moe_members` reads them); a member none of whose datasets is among
+    ``items`` is left out: it may answer on any modality."""
+    modalities = {}
+    for name, tasks in datasets.items():
+        seen = {item.modality for item in items if item.task in tasks}
+        if seen:
+            modalities[name] = sorted(seen)
+        elif progress:
+            progress(f"{name}: none of its training datasets {list(tasks)} is given; "
+                     "it may answer on any modality")
+    return modalities
 
 
 def train_gate(general: Path, members: Sequence[Path], folders: Sequence, out: Path, *,
@@ -178,12 +203,13 @@ def train_gate(general: Path, members: Sequence[Path], folders: Sequence, out: P
     if prompts not in PROMPT_SETS:
         raise ValueError(f"prompts must be one of {sorted(PROMPT_SETS)}, not {prompts!r}")
     torch.manual_seed(seed)
-    segmenters, labels = moe_members(Path(general), [Path(m) for m in members])
+    segmenters, labels, datasets = moe_members(Path(general), [Path(m) for m in members])
     head = segmenters[0]
     items, weighted = load_training_items(folders, head.normalization, progress, target_weights)
     training, validation = hold_out_last_case(items)
     rank, _, device = distributed_context()
-    gate = Gate.for_model([m.name for m in segmenters], head.model, hidden)
+    gate = Gate.for_model([m.name for m in segmenters], head.model, hidden,
+                          modalities=member_modalities(datasets, items, progress))
 
     def scored(cases, targets, reuse):
         sampler = CropSampler(cases, targets, head.normalization, head.crop_size, head.base_spacing,

@@ -18,13 +18,15 @@ from .clicks import component_centre, jittered_box
 @dataclass
 class LabelledImage:
     """An image, its label map (same grid) and its normalisation statistics; ``unannotated``: the
-    label values the case leaves unknown (partially labelled data)."""
+    label values the case leaves unknown (partially labelled data); ``modality``: "ct" or "mr" as
+    :func:`~ka2er_core.modeling.normalization.image_modality` tells ("" if not known)."""
 
     image: Volume
     label: Volume
     stats: tuple[float, float]
     task: str = ""
     unannotated: frozenset[int] = frozenset()
+    modality: str = ""
 
 
 @dataclass

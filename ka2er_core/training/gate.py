@@ -147,6 +147,30 @@ def choose_threshold(gate: Gate, scored: ScoredCrops, crops: int, seed: int) -> 
                               "largest_target_fall": falls[best]}
 
 
+def scored_crops(segmenters: Sequence[Segmenter], gate: Gate, cases: Sequence[LabelledImage],
+                 targets: Sequence, prompts: str, batch_size: int, reuse: int,
+                 device: torch.device) -> ScoredCrops:
+    """Crops of ``cases`` with ``prompts`` (a :data:`PROMPT_SETS` name), scored by every member."""
+    head = segmenters[0]
+    sampler = CropSampler(cases, targets, head.normalization, head.crop_size, head.base_spacing,
+                          head.max_spacing, batch_size, **PROMPT_SETS[prompts])
+    return ScoredCrops(sampler, [m.model for m in segmenters], gate, reuse, device)
+
+
+def select_threshold(gate: Gate, segmenters: Sequence[Segmenter], validation: Sequence[LabelledImage],
+                     targets: Sequence, prompts: str, batch_size: int, crops: int, seed: int,
+                     device: torch.device, progress=None) -> tuple[float, dict]:
+    """:func:`choose_threshold` on ``crops`` crops of the ``validation`` cases (every target drawn
+    equally often within its task), scored by the members; the gate is not changed."""
+    threshold, selection = choose_threshold(
+        gate, scored_crops(segmenters, gate, validation, targets, prompts, batch_size, 1, device),
+        crops, seed)
+    if progress:
+        progress(f"threshold {threshold:.2f}: mean Dice {selection['dice_routed']:.4f} routed, "
+                 f"{selection['dice_general']:.4f} general alone ({selection['crops']} crops)")
+    return threshold, selection
+
+
 def moe_members(general: Path, members: Sequence[Path]
                 ) -> tuple[list[Segmenter], set[str], dict[str, list[str]]]:
     """The general model (named "general") and each task member (named after its bundle folder),
@@ -211,21 +235,14 @@ def train_gate(general: Path, members: Sequence[Path], folders: Sequence, out: P
     gate = Gate.for_model([m.name for m in segmenters], head.model, hidden,
                           modalities=member_modalities(datasets, items, progress))
 
-    def scored(cases, targets, reuse):
-        sampler = CropSampler(cases, targets, head.normalization, head.crop_size, head.base_spacing,
-                              head.max_spacing, batch_size, **PROMPT_SETS[prompts])
-        return ScoredCrops(sampler, [m.model for m in segmenters], gate, reuse, device)
-
     loop = LoopConfig(steps=steps, lr=lr, seed=seed, warmup=steps // 10,
                       checkpoint_every=max(10, min(200, steps // 10)))
-    summary = train_loop(GateLoss(gate, temperature), gate, scored(training, weighted, reuse), loop,
-                         Path(out), progress)
+    training_crops = scored_crops(segmenters, gate, training, weighted, prompts, batch_size, reuse,
+                                  device)
+    summary = train_loop(GateLoss(gate, temperature), gate, training_crops, loop, Path(out), progress)
     targets = [replace(t, weight=1.0) for t in weighted]
-    gate.threshold, selection = choose_threshold(gate, scored(validation, targets, 1),
-                                                 validation_crops, seed)
-    if progress:
-        progress(f"threshold {gate.threshold:.2f}: mean Dice {selection['dice_routed']:.4f} routed, "
-                 f"{selection['dice_general']:.4f} general alone ({selection['crops']} crops)")
+    gate.threshold, selection = select_threshold(gate, segmenters, validation, targets, prompts,
+                                                 batch_size, validation_crops, seed, device, progress)
     if rank == 0:
         training_meta = {"method": "SAM-Med3D-MoE gate over frozen members, soft Dice targets",
                          "members": {"general": str(general),

@@ -71,7 +71,7 @@ def test_corrective_clicks_improve_a_damaged_mask(session, subject):
                           positive)
         scores.append(dice(session.mask > 0, truth))
     assert scores[-1] > start, (start, scores)
-    assert min(scores) >= start - 0.01, (start, scores)
+    assert min(scores) > start, (start, scores)  # no click lowers it below the start
 
 
 def test_the_shipped_bundles_fit_the_budget_and_the_moe_loads_lazily():

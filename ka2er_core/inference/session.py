@@ -129,7 +129,9 @@ class InteractiveSession:
         """Use ``volume`` (not copied); clears targets and cached embeddings."""
         self.volume = volume
         self._stats = self.segmenter.normalization.statistics(volume.array)
-        self._modality = image_modality(volume.array)
+        gate = self.bundle.gate  # which of its members may answer on this image's modality
+        self._eligible = (None if gate is None
+                          else gate.eligible(image_modality(volume.array)).to(self.device))
         self._fill = float(np.min(volume.array[::4, ::4, ::4]))
         self.targets.clear()
         self._embeddings.clear()
@@ -258,8 +260,7 @@ class InteractiveSession:
         coords, labels = self._encode_prompts(prompts, crop)
         with torch.inference_mode():
             logits = gate(gate.inputs(general.model, self._embedding(crop, general), coords, labels))
-        allowed = gate.eligible(self._modality)
-        chosen = int(route(torch.softmax(logits[0], -1), gate.threshold, allowed))
+        chosen = int(route(torch.softmax(logits[0], -1), gate.threshold, self._eligible))
         self.segmenter = self._member(gate.members[chosen])
 
     def _embedding(self, crop: Grid, member: Optional[Segmenter] = None):

@@ -41,7 +41,9 @@ def main() -> None:
     if args.write:
         meta["gate"]["threshold"] = threshold
         meta.setdefault("metrics", {})["gate_selection"] = selection
-        write_manifest(args.moe, {k: v for k, v in meta.items() if k not in ("sha256", "format_version")})
+        kept = {key: value for key, value in meta.items()
+                if key not in ("format_version", "sha256")}
+        write_manifest(args.moe, kept)  # the sha256 of the unchanged weights, checked again
 
 
 if __name__ == "__main__":

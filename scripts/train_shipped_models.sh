@@ -9,7 +9,8 @@
 #     other brain on MNI T1 and on MNI T2-like (400 steps); and a gate over student + members (all
 #     frozen) trained on the first prompts of all four tasks (soft targets softmax(Dice / 0.02),
 #     train-gate's default; threshold: the best mean Dice on held-out crops that lowers no target;
-#     each member answers only on its training images' modality, here MR): the moe bundle, the default;
+#     each member answers only on its training images' modality, here MR): the moe bundle, the
+#     default;
 #  3. held-out evaluation of the student, each member alone and the moe at 1/3/5 prompts;
 #  4. the two bundles copied into the package (bundle.json and weights; the model cards stay).
 # Usage: scripts/train_shipped_models.sh WORK_DIR [EXPERT_STEPS] [STUDENT_STEPS] [MEMBER_STEPS] [GATE_STEPS]

@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 
 MODALITIES = ("ct", "mr")
 
 
-def image_modality(array: np.ndarray) -> str:
-    """"ct" for an image in HU (1st percentile of every 3rd voxel below -500, where air is), else
-    "mr": the rule of the "auto" normalisation, also the one a moe gate's members are kept to."""
-    sample = np.asarray(array[::3, ::3, ::3], dtype=np.float32).ravel()
+def subsample(array: np.ndarray) -> np.ndarray:
+    """Every 3rd voxel along each axis, float32, flat: what image statistics are computed on."""
+    return np.asarray(array[::3, ::3, ::3], dtype=np.float32).ravel()
+
+
+def image_modality(array: np.ndarray, sample: Optional[np.ndarray] = None) -> str:
+    """"ct" for an image in HU (1st percentile of its :func:`subsample`, or of ``sample`` if
+    given, below -500, where air is), else "mr": the rule of the "auto" normalisation, also the
+    one a moe gate's members are kept to."""
+    sample = subsample(array) if sample is None else sample
     return "ct" if np.percentile(sample, 1) < -500 else "mr"
 
 
@@ -35,8 +41,8 @@ class Normalization:
 
     def statistics(self, array: np.ndarray) -> tuple[float, float, float]:
         """(offset, scale, clip) for this image, computed once on a subsample (every 3rd voxel)."""
-        sample = np.asarray(array[::3, ::3, ::3], dtype=np.float32).ravel()
-        kind = image_modality(array) if self.kind == "auto" else self.kind
+        sample = subsample(array)
+        kind = image_modality(array, sample) if self.kind == "auto" else self.kind
         if kind == "ct":
             return (self.low + self.high) / 2, (self.high - self.low) / 2, 1.0
         foreground = sample[sample > np.percentile(sample, 20)]

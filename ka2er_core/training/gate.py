@@ -157,9 +157,10 @@ def scored_crops(segmenters: Sequence[Segmenter], gate: Gate, cases: Sequence[La
     return ScoredCrops(sampler, [m.model for m in segmenters], gate, reuse, device)
 
 
-def select_threshold(gate: Gate, segmenters: Sequence[Segmenter], validation: Sequence[LabelledImage],
-                     targets: Sequence, prompts: str, batch_size: int, crops: int, seed: int,
-                     device: torch.device, progress=None) -> tuple[float, dict]:
+def select_threshold(gate: Gate, segmenters: Sequence[Segmenter],
+                     validation: Sequence[LabelledImage], targets: Sequence, prompts: str,
+                     batch_size: int, crops: int, seed: int, device: torch.device,
+                     progress=None) -> tuple[float, dict]:
     """:func:`choose_threshold` on ``crops`` crops of the ``validation`` cases (every target drawn
     equally often within its task), scored by the members; the gate is not changed."""
     threshold, selection = choose_threshold(
@@ -239,10 +240,12 @@ def train_gate(general: Path, members: Sequence[Path], folders: Sequence, out: P
                       checkpoint_every=max(10, min(200, steps // 10)))
     training_crops = scored_crops(segmenters, gate, training, weighted, prompts, batch_size, reuse,
                                   device)
-    summary = train_loop(GateLoss(gate, temperature), gate, training_crops, loop, Path(out), progress)
+    summary = train_loop(GateLoss(gate, temperature), gate, training_crops, loop, Path(out),
+                         progress)
     targets = [replace(t, weight=1.0) for t in weighted]
     gate.threshold, selection = select_threshold(gate, segmenters, validation, targets, prompts,
-                                                 batch_size, validation_crops, seed, device, progress)
+                                                 batch_size, validation_crops, seed, device,
+                                                 progress)
     if rank == 0:
         training_meta = {"method": "SAM-Med3D-MoE gate over frozen members, soft Dice targets",
                          "members": {"general": str(general),

@@ -165,13 +165,13 @@ def dice(a, b):
 
 
 def test_eight_concurrent_clients_get_their_own_masks(bundle):
-    """8 clients, 20 clicks each, on different images (different shapes too, so a mix-up cannot go
+    """8 clients, 12 clicks each, on different images (different shapes too, so a mix-up cannot go
     unnoticed): with room for 8 sessions each mask is the in-process one; with room for 5, the
     sessions evicted under them are uploaded again and the clicks still land on their own images."""
     subjects = [phantom(TEST_SEEDS[0] + n, shape=(18 + n, 40, 40)) for n in range(8)]
 
     def clicks(subject):
-        return clicks_on(subject, "liver", 20)
+        return clicks_on(subject, "liver", 12)
 
     def expected(subject):
         session = InteractiveSession(bundle, device="cpu")

@@ -215,6 +215,7 @@ def test_the_gate_routes_each_task_to_the_member_that_segments_it(phantoms, tmp_
                  "--lr", "0.01", "--temperature", "0.05", "--validation-crops", "6"]) == 0
     bundle = load_bundle(out)
     assert list(bundle.members) == ["general", "MRPhantom"]
+    assert bundle.gate.modalities == {}  # its bundle names no training datasets: any modality
     assert bundle.meta["training"]["prompts"] == "first"
     selection = bundle.meta["metrics"]["gate_selection"]
     assert bundle.gate.threshold == selection["threshold"] < 1

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from ka2er_core.bundle import load_bundle, read_manifest, write_manifest
+from ka2er_core.bundle import load_bundle, write_manifest
 from ka2er_core.training.gate import hold_out_last_case, select_threshold
 from ka2er_core.training.promptable import load_training_items
 
@@ -28,7 +28,7 @@ def main() -> None:
     parser.add_argument("--write", action="store_true")
     args = parser.parse_args()
     bundle = load_bundle(args.moe)
-    meta = read_manifest(args.moe)
+    meta = bundle.meta
     training = meta.get("training", {})
     segmenters = [bundle.members[name] for name in bundle.gate.members]
     items, targets = load_training_items(args.datasets, segmenters[0].normalization)

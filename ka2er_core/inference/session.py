@@ -28,7 +28,7 @@ from ..errors import PromptError
 from ..geometry import (crop_grid, foreground_bounds, ijk_box_to_ras, ijk_to_ras_points, ras_to_ijk,
                         resample)
 from ..modeling.gate import route
-from ..modeling.normalization import image_modality
+from ..modeling.normalization import image_modality, subsample
 from ..modeling.prompt_encoder import (BOX_HIGH, BOX_LOW, FLAT_BOX_HIGH, FLAT_BOX_LOW, NEGATIVE,
                                        POSITIVE)
 from ..volume import Grid, Volume
@@ -128,10 +128,11 @@ class InteractiveSession:
     def set_image(self, volume: Volume) -> None:
         """Use ``volume`` (not copied); clears targets and cached embeddings."""
         self.volume = volume
-        self._stats = self.segmenter.normalization.statistics(volume.array)
+        sample = subsample(volume.array)
+        self._stats = self.segmenter.normalization.statistics(volume.array, sample)
         gate = self.bundle.gate  # which of its members may answer on this image's modality
-        self._eligible = (None if gate is None
-                          else gate.eligible(image_modality(volume.array)).to(self.device))
+        self._eligible = (None if gate is None else
+                          gate.eligible(image_modality(volume.array, sample)).to(self.device))
         self._fill = float(np.min(volume.array[::4, ::4, ::4]))
         self.targets.clear()
         self._embeddings.clear()

@@ -39,9 +39,11 @@ class Normalization:
         if self.kind not in ("ct", "mr", "auto"):
             raise ValueError(f"normalization kind must be 'ct', 'mr' or 'auto', got {self.kind!r}")
 
-    def statistics(self, array: np.ndarray) -> tuple[float, float, float]:
-        """(offset, scale, clip) for this image, computed once on a subsample (every 3rd voxel)."""
-        sample = subsample(array)
+    def statistics(self, array: np.ndarray, sample: Optional[np.ndarray] = None
+                   ) -> tuple[float, float, float]:
+        """(offset, scale, clip) for this image, computed once on its :func:`subsample` (or
+        ``sample``, if given)."""
+        sample = subsample(array) if sample is None else sample
         kind = image_modality(array, sample) if self.kind == "auto" else self.kind
         if kind == "ct":
             return (self.low + self.high) / 2, (self.high - self.low) / 2, 1.0

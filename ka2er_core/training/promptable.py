@@ -14,7 +14,7 @@ from torch import nn
 
 from ..errors import DatasetError
 from ..modeling import ImageEmbedding, ModelConfig, PromptableSegmenter
-from ..modeling.normalization import Normalization, image_modality
+from ..modeling.normalization import Normalization, image_modality, subsample
 from ..modeling.prompt_encoder import NEGATIVE, PAD, POSITIVE
 from .clicks import first_prompts, next_click
 from .loop import LoopConfig, distributed_context, train_loop
@@ -233,10 +233,11 @@ def load_training_items(folders: Sequence, normalization: Normalization, progres
                                       weights.get(name, 1.0)))
         for case in dataset.cases:
             images, label = case.load()
-            stats, modality = (normalization.statistics(images[0].array),
-                               image_modality(images[0].array))
-            items.append(LabelledImage(images[0], label, stats, dataset.name,
-                                       case.unannotated_values, modality))
+            array = images[0].array
+            sample = subsample(array)
+            items.append(LabelledImage(images[0], label, normalization.statistics(array, sample),
+                                       dataset.name, case.unannotated_values,
+                                       image_modality(array, sample)))
             if progress:
                 progress(f"loaded {dataset.name}/{case.case_id}")
     unknown = sorted(set(weights) - {t.name for t in targets})

@@ -81,8 +81,11 @@ def test_expert_weights_learn_to_select_the_task_expert():
 
 def test_gradients_reach_student_and_layer_not_frozen_experts():
     torch.manual_seed(0)
-    image = torch.randn(2, 1, 16, 16, 16)
-    strides = (4, 8, 16)  # student grids 4^3, 2^3, 1^3
+    # Student grids 8^3, 4^3, 2^3: every attention sees more than one key. (Over a single key the
+    # softmax is the constant 1, so q and k get no gradient in exact arithmetic; that case is
+    # test_single_token_scale_passes_values_through.)
+    image = torch.randn(2, 1, 32, 32, 32)
+    strides = (4, 8, 16)
     student_net = nn.ModuleList(nn.Conv3d(1, c, k, stride=k) for c, k in zip(STUDENT_CHANNELS, strides))
     expert_nets = [nn.ModuleList(nn.Conv3d(1, 6, k, stride=k) for k in ((2, 4, 4), (4, 8, 8), (8, 8, 8)))
                    for _ in range(2)]
@@ -124,6 +127,21 @@ def test_gradients_reach_student_and_layer_not_frozen_experts():
     expected = torch.stack([nn.functional.mse_loss(own, gold)
                             for own, gold in zip(out.student_hidden, out.gold_hidden)]).mean()
     torch.testing.assert_close(layer.distillation_loss(out), expected)
+
+
+def test_single_token_scale_passes_values_through():
+    """A crop small enough to leave one token at the coarsest scale (e.g. 32^3 at 1/32) is legal:
+    self-attention over it returns the projected value whatever q and k are."""
+    torch.manual_seed(0)
+    layer = AmalgamationLayer((8,), [[6]], hidden=16, heads=2)
+    scale = layer.scales[0]
+    tokens = torch.randn(3, 1, 16)
+    attention = scale.self_attention
+    expected = attention.out(attention.v(tokens))
+    torch.testing.assert_close(attention(tokens, tokens, tokens), expected)
+    out = layer([torch.randn(3, 8, 1, 1, 1)], [[torch.randn(3, 6, 2, 2, 2)]])
+    assert out.gold[0].shape == (3, 8, 1, 1, 1)
+    assert torch.isfinite(out.gold_hidden[0]).all()
 
 
 def test_match_expert_stages():

@@ -35,6 +35,7 @@ class LoopConfig:
     warmup: int = 50
     grad_clip: float = 1.0
     checkpoint_every: int = 100
+    snapshot_every: int = 0  # also keep the weights of every this many steps (0: never)
     log_every: int = 10
     seed: int = 0
 
@@ -56,10 +57,15 @@ def learning_rate(config: LoopConfig, step: int) -> float:
     return config.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
-def save_checkpoint(folder: Path, model: nn.Module, optimizer, step: int, history: list) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    with atomic_write(folder / "model.safetensors") as tmp:
+def save_weights(path: Path, model: nn.Module) -> None:
+    """The model's weights alone (a checkpoint's, or a snapshot for a validation curve)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(path) as tmp:
         save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp))
+
+
+def save_checkpoint(folder: Path, model: nn.Module, optimizer, step: int, history: list) -> None:
+    save_weights(folder / "model.safetensors", model)
     with atomic_write(folder / "optimizer.pt") as tmp:
         torch.save(optimizer.state_dict(), tmp)
     with atomic_write(folder / "state.json") as tmp:  # written last: marks the checkpoint complete
@@ -117,6 +123,8 @@ def train_loop(step_module: nn.Module, model: nn.Module, batches: BatchFunction,
                 progress(f"step {done}/{config.steps} {shown} ({rate:.2f} steps/s, ETA {eta / 60:.1f} min)")
         if rank == 0 and (done % config.checkpoint_every == 0 or done == config.steps):
             save_checkpoint(checkpoint, model, optimizer, done, history)
+        if rank == 0 and config.snapshot_every and done % config.snapshot_every == 0:
+            save_weights(checkpoint / "snapshots" / f"step-{done:06d}.safetensors", model)
     if world > 1:
         dist.barrier()
     tail = history[-max(1, len(history) // 10):]

@@ -34,21 +34,26 @@ class TargetSpec:
 
 
 class PromptableStep(nn.Module):
-    """``forward(images, truths, coords, labels, start_masks, extra_clicks) -> (loss, metrics)``.
+    """``forward(images, truths, coords, labels, start_masks, extra_clicks, drop_previous) -> (loss,
+    metrics)``.
 
     images, truths (B, 1, S, S, S); coords (B, N, 3) crop-voxel (i, j, k); labels (B, N); start_masks
     (B, 1, S, S, S) or None (a damaged mask to correct); ``extra_clicks`` no-grad rounds of
-    predict-then-click before the trained prediction.
+    predict-then-click before the trained prediction; ``drop_previous``: the trained prediction
+    sees the clicks without the previous mask (the model must not lean on it alone).
     """
 
     def __init__(self, model: PromptableSegmenter):
         super().__init__()
         self.model = model
 
-    def forward(self, images, truths, coords, labels, start_masks=None, extra_clicks: int = 0):
+    def forward(self, images, truths, coords, labels, start_masks=None, extra_clicks: int = 0,
+                drop_previous: bool = False):
         embedding = self.model.embed(images)
         coords, labels, previous = simulate_prompts(self.model, embedding, truths, coords, labels,
                                                     start_masks, extra_clicks)
+        if drop_previous:
+            previous = None
         loss, dice = prompted_loss(self.model, embedding, coords, labels, previous, truths)
         return loss, {"dice": dice.mean().detach()}
 
@@ -124,8 +129,9 @@ def damaged(truth: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def collate(samples: Sequence[CropSample], rng: np.random.Generator, max_extra_clicks: int,
-            correct_probability: float) -> dict:
-    """Stack crop samples into a batch for :class:`PromptableStep`."""
+            correct_probability: float, drop_previous: float = 0.0) -> dict:
+    """Stack crop samples into a batch for :class:`PromptableStep`; with probability
+    ``drop_previous`` a batch of click rounds drops the previous mask."""
     n = max(len(s.labels) for s in samples)
     coords = np.zeros((len(samples), n, 3), np.float32)
     labels = np.full((len(samples), n), PAD, np.int64)
@@ -140,6 +146,8 @@ def collate(samples: Sequence[CropSample], rng: np.random.Generator, max_extra_c
         starts = np.stack([damaged(s.truth > 0.5, rng) for s in samples])[:, None].astype(np.float32)
         batch["start_masks"] = torch.from_numpy(starts)
         batch["extra_clicks"] = 0
+    elif drop_previous > 0 and batch["extra_clicks"] > 0:
+        batch["drop_previous"] = bool(rng.random() < drop_previous)
     return batch
 
 

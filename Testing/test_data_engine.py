@@ -158,3 +158,13 @@ def test_heldout_folder_has_one_vessel_tree_per_case(tmp_path):
     assert TARGET in dataset.labels
     _, label = dataset.test_cases[0].load()
     assert label.array.max() == 1 and label.array.sum() >= 50
+
+
+def test_ka2er_data_writes_the_checks_and_names_a_bad_folder(tmp_path, capsys):
+    from ka2er_core.cli import main
+
+    assert main(["data", "--out", str(tmp_path), "--heldout", "1"]) == 0
+    assert (tmp_path / "Dataset901_HeldOutVesselTrees" / "dataset.json").is_file()
+    assert main(["data", "--out", str(tmp_path), "--realcheck", str(tmp_path / "nowhere")]) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and "nowhere" in error[0] and "inia19-t1-brain.nii.gz" in error[0]

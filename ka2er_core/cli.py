@@ -49,6 +49,16 @@ def run_info(args: argparse.Namespace) -> int:
 def run_data(args: argparse.Namespace) -> int:
     from .data.sample import write_sample_dataset
 
+    if args.realcheck is not None:
+        from .data.realcheck import write_realcheck_dataset
+
+        print(write_realcheck_dataset(args.realcheck, args.out))
+        return 0
+    if args.heldout is not None:
+        from .data.heldout import write_heldout_dataset
+
+        print(write_heldout_dataset(args.out, args.heldout))
+        return 0
     folders = write_sample_dataset(args.out, n_train=args.train, n_test=args.test,
                                    progress=progress_printer("data"))
     if args.unannotated:
@@ -280,6 +290,13 @@ def build_parser() -> argparse.ArgumentParser:
                       help="leave LABEL unannotated in that fraction of each task's training cases "
                            "(a partially labelled dataset, see annotated_labels; repeat)")
     data.add_argument("--seed", type=int, default=0, help="which training cases --unannotated picks")
+    checks = data.add_mutually_exclusive_group()
+    checks.add_argument("--realcheck", type=Path, metavar="DIR",
+                        help="instead of the sample tasks: the real-scan check (evaluation only) from "
+                             "DIR (../shared/realcheck): its twelve largest labels as targets")
+    checks.add_argument("--heldout", type=positive_int, metavar="N",
+                        help="instead of the sample tasks: N cases of the synthetic family the "
+                             "generalist never trains on (branching vessel trees)")
     data.set_defaults(run=run_data)
 
     train = commands.add_parser(

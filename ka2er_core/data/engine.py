@@ -80,6 +80,7 @@ class EngineConfig:
     ct_share: float = 0.25        # rendered scenes in HU rather than MR units
     oblique_share: float = 0.5
     thick_share: float = 0.35     # scenes acquired with thick slices along one axis
+    masked_share: float = 0.35    # MR scenes whose outside (label 0) is zero, as skull-stripped
     reuse: int = 12               # scenes drawn from one cached MNI pseudo-subject before a new one
     mni_seeds: range = TRAIN_SEEDS
 
@@ -156,6 +157,11 @@ class DataEngine:
     def _modality(self, rng: np.random.Generator) -> str:
         return "ct" if rng.random() < self.config.ct_share else "mr"
 
+    def _outside(self, modality: str, rng: np.random.Generator) -> list[int]:
+        """Label 0 (outside the body or brain) as air: always in CT; in MR a third of the time,
+        as a skull-stripped or masked image has it (zeros), else rendered like any label."""
+        return [0] if modality == "ct" or rng.random() < self.config.masked_share else []
+
     # ---- sources ----
 
     def _shapes(self, rng: np.random.Generator) -> Scene:
@@ -218,7 +224,7 @@ class DataEngine:
             present = tissues == tissue
             if present.sum() < MIN_TARGET_VOXELS:
                 continue
-            parcels = _voronoi_parcels(present, int(rng.integers(1, 12)), rng)
+            parcels = _voronoi_parcels(present, int(rng.integers(1, 7)), rng)
             values = []
             for index in range(1, int(parcels.max()) + 1):
                 value += 1
@@ -227,7 +233,7 @@ class DataEngine:
                 values.append(value)
             unions.append(tuple(values))
         modality = self._modality(rng)
-        image = render(label, spacing, rng, tissue_of, modality, air=[0] if modality == "ct" else [])
+        image = render(label, spacing, rng, tissue_of, modality, air=self._outside(modality, rng))
         volume, labels = self._acquire(image, {"label": label}, spacing, rng)
         present = set(int(v) for v in np.unique(labels["label"])) - {0}
         targets = [SceneTarget("parcel", (v,), frozenset({"box"})) for v in present]
@@ -267,7 +273,7 @@ class DataEngine:
         if rng.random() < 0.5:  # the same anatomy in a contrast no phantom has
             modality = self._modality(rng)
             image = Volume(render(label, subject.image.spacing[::-1], rng, None, modality,
-                                  air=[0] if modality == "ct" else []), subject.image.ijk_to_ras)
+                                  air=self._outside(modality, rng)), subject.image.ijk_to_ras)
         values = [int(v) for v in np.unique(label) if v > 0]
         targets = [SceneTarget("organ", (v,)) for v in values]
         return Scene(image, {"label": label}, targets, "phantoms", modality)

@@ -48,7 +48,8 @@ def render(label: np.ndarray, spacing: Sequence[float], rng: np.random.Generator
     """A float32 image (k, j, i) of ``label`` (k, j, i) on a grid of ``spacing`` (mm along k, j, i).
 
     ``tissue``: label value -> tissue class (see :func:`label_means`); ``modality`` "mr" (positive
-    arbitrary units) or "ct" (HU from about -150 to 450, labels in ``air`` at -1000).
+    arbitrary units; labels in ``air`` at 0, as outside a skull-stripped brain) or "ct" (HU from
+    about -150 to 450, labels in ``air`` at -1000).
     """
     values = [int(v) for v in np.unique(label)]
     means = label_means(values, rng, tissue)
@@ -58,6 +59,8 @@ def render(label: np.ndarray, spacing: Sequence[float], rng: np.random.Generator
     spread_lut = np.zeros(lookup_size, np.float32)
     for v in values:
         mean_lut[v], spread_lut[v] = means[v], spreads[v]
+    for v in air:  # dark before the artefacts, so that the tissues' contrast keeps its range
+        mean_lut[v] = spread_lut[v] = 0.0
     canvas = Canvas(label.shape, spacing)
     # Texture: each label's spread modulated by a smooth field, plus white noise within the label.
     texture = canvas.field(rng, int(rng.integers(4, 12))) * rng.uniform(0, 1.5)
@@ -71,15 +74,20 @@ def render(label: np.ndarray, spacing: Sequence[float], rng: np.random.Generator
     tensor = tensor.clamp(min=0)
     tensor = tensor / tensor.max().clamp(min=1e-6)
     tensor = _seeded(RandAdjustContrast(prob=0.7, gamma=(0.6, 1.6)), rng)(tensor)
+    # Noise relative to the typical intensity (SNR 12 and up), not to the brightest label.
+    typical = float(tensor.median().clamp(min=0.05))
     noise = RandRicianNoise if modality == "mr" else RandGaussianNoise
-    tensor = _seeded(noise(prob=0.9, std=float(rng.uniform(0.0, 0.06))), rng)(tensor)
+    tensor = _seeded(noise(prob=0.9, std=float(rng.uniform(0.0, 0.08)) * typical), rng)(tensor)
     image = np.asarray(tensor[0], dtype=np.float32)
     if modality == "ct":  # mostly within a soft-tissue window, some labels bone- or fat-like
         image = image * rng.uniform(200, 600) - rng.uniform(50, 150)
         for value in air:
             image[label == value] = -1000 + rng.normal(0, 20, int((label == value).sum()))
         return image.astype(np.float32)
-    return (image * 1000).astype(np.float32)
+    image = image * 1000
+    for value in air:
+        image[label == value] = 0.0
+    return image.astype(np.float32)
 
 
 def _gaussian(tensor: torch.Tensor, sigma: np.ndarray) -> torch.Tensor:

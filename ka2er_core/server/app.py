@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from contextlib import asynccontextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, fields
 from typing import Annotated, Optional
 
 import numpy as np
@@ -22,13 +23,14 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.requests import ClientDisconnect
 
 from .. import __version__
 from ..bundle import Bundle
 from ..errors import Ka2erError, PromptError
 from ..inference.session import InteractiveSession
 from .guard import Guard, TokenBuckets
-from .sessions import Entry, SessionGone, SessionStore
+from .sessions import Entry, SessionGone, SessionStore, SessionTooLarge, session_bytes, short_ids
 from .wire import WireError, decode_array, decode_volume, encode_array, encode_region
 from .worker import ModelWorker, WorkerBusy
 
@@ -39,23 +41,61 @@ BINARY_REPLY = {200: {"content": {"application/octet-stream": {
     "schema": {"type": "string", "format": "binary"}}}, "description": "a KA2V container"}}
 
 
+class ServerConfigError(Ka2erError):
+    """The server would start in an unsafe or impossible configuration."""
+
+
+def limit(default, flag: Optional[str] = None, unit: int = 1):
+    """A :class:`Limits` field; ``flag``: the ``ka2er serve`` option that sets it, in ``unit``s."""
+    return field(default=default, metadata={"flag": flag, "unit": unit})
+
+
 @dataclass(frozen=True)
 class Limits:
-    """Bounds on what a client may send and what the server keeps."""
+    """Bounds on what a client may send and what the server keeps; each a positive finite number."""
 
-    max_upload_bytes: int = 1 << 30
-    max_json_bytes: int = 64 << 10
-    max_voxels: int = 512 * 512 * 1024
-    max_prompts: int = 500
+    max_upload_bytes: int = limit(1 << 30, "--max-upload-mb", 1 << 20)
+    max_json_bytes: int = limit(64 << 10)
+    max_voxels: int = limit(512 * 512 * 1024, "--max-voxels")
+    max_prompts: int = limit(500)
     """Prompts per target before it must be reset."""
-    max_sessions: int = 16
-    max_memory_bytes: int = 8 << 30
+    max_targets: int = limit(64, "--max-targets")
+    """Targets per session; a new one past it answers 409 until one is reset."""
+    max_sessions: int = limit(16, "--max-sessions")
+    max_memory_bytes: int = limit(8 << 30, "--max-memory-gb", 1 << 30)
     """All sessions together (images, masks, undo copies, cached embeddings); not the model."""
-    idle_seconds: float = 1800.0
-    rate_per_second: float = 50.0
-    rate_burst: int = 200
-    max_queue: int = 64
+    idle_seconds: float = limit(1800.0, "--idle-minutes", 60)
+    rate_per_second: float = limit(50.0, "--rate")
+    rate_burst: int = limit(200)
+    max_queue: int = limit(64)
     """Requests waiting for the model before new ones get 503."""
+    read_timeout_s: float = limit(20.0, "--read-timeout")
+    """A request's headers must arrive within this time, and its body may not pause for longer."""
+    keep_alive_s: float = limit(5.0, "--keep-alive")
+    """An idle kept-alive connection is closed after this time."""
+
+    def __post_init__(self):
+        for item in fields(self):
+            value = getattr(self, item.name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+                    math.isfinite(value) and value > 0):
+                unit = item.metadata["unit"]
+                shown = value / unit if unit != 1 and isinstance(value, (int, float)) else value
+                raise ServerConfigError(f"must be a positive number, got {shown!r}",
+                                        field=item.metadata["flag"] or item.name)
+
+    @classmethod
+    def from_options(cls, options: dict) -> "Limits":
+        """The limits ``ka2er serve``'s options set (``options``: argparse's names and values, each
+        in its flag's unit); the others keep their defaults."""
+        values = {}
+        for item in fields(cls):
+            flag = item.metadata["flag"]
+            if flag is not None:
+                value = options[flag.lstrip("-").replace("-", "_")] * item.metadata["unit"]
+                whole = isinstance(item.default, int) and math.isfinite(value)
+                values[item.name] = int(value) if whole else value
+        return cls(**values)
 
 
 Coordinate = Annotated[float, Field(allow_inf_nan=False, ge=-1e6, le=1e6)]
@@ -113,7 +153,11 @@ class Problem(BaseModel):
     code: Optional[str] = None
 
 
-ERRORS = {status: {"model": Problem} for status in (400, 401, 404, 413, 422, 429, 503)}
+ERRORS = {status: {"model": Problem} for status in (400, 401, 404, 409, 413, 422, 429, 503, 507)}
+
+
+class TooManyTargets(RuntimeError):
+    """A prompt or mask would start one target more than a session may hold."""
 
 
 def create_app(bundle: Bundle, token: Optional[str], limits: Limits = Limits(),
@@ -156,32 +200,67 @@ def create_app(bundle: Bundle, token: Optional[str], limits: Limits = Limits(),
         return JSONResponse({"detail": "session expired, evicted or unknown: upload the image again",
                              "code": "session_expired"}, status_code=404)
 
+    @app.exception_handler(SessionTooLarge)
+    async def too_large(request: Request, err: SessionTooLarge):
+        code = "session_too_large_dropped" if err.dropped else "session_too_large"
+        return JSONResponse({"detail": str(err), "code": code}, status_code=507)
+
+    @app.exception_handler(TooManyTargets)
+    async def too_many_targets(request: Request, err: TooManyTargets):
+        return JSONResponse({"detail": str(err), "code": "too_many_targets"}, status_code=409)
+
+    @app.exception_handler(ClientDisconnect)
+    async def went_away(request: Request, err: ClientDisconnect):
+        log.info("the connection from %s closed during %s %s before its body arrived (the client went "
+                 "away, or its body stalled past the read timeout)", (request.client or ("?",))[0],
+                 request.method, short_ids(request.url.path))
+        return Response(status_code=400)  # nobody reads it
+
     @app.exception_handler(WorkerBusy)
     async def busy(request: Request, err: WorkerBusy):
         return JSONResponse({"detail": f"server busy: {err}"}, status_code=503,
                             headers={"Retry-After": "1"})
 
-    async def run(session_id: str, entry: Entry, work):
-        """``work(session)`` on the model thread; the session's size recorded afterwards."""
+    async def run(session_id: str, entry: Entry, work, grows: bool = False):
+        """``work(session)`` on the model thread; the session's size recorded afterwards. ``grows``:
+        the work may start a target and keep an undo copy (room for two masks is made first)."""
+        if grows:
+            store.reserve(session_id, 2 * entry.session.volume.array.size)
+
         def job():
             result = work(entry.session)
-            return result, entry.session.memory_bytes
+            return result, session_bytes(entry.session)
         result, nbytes = await worker.run(job)
         store.update(session_id, nbytes)
         return result
 
-    async def once(session_id: str, request_id: Optional[str], work) -> dict:
-        """Run ``work(session)``; a retried request (same id) shares the first one's reply."""
+    async def once(session_id: str, route: str, target: str, request_id: Optional[str], work) -> dict:
+        """Run ``work(session)`` (a prompt or undo on ``target``); a retried request (the same id on
+        the same target and route) shares the first one's reply."""
         entry = store.get(session_id)
+        grows = route != "undo"
         if request_id is None:
-            return await run(session_id, entry, work)
-        if request_id not in entry.replies:
-            store.remember(entry, request_id, asyncio.ensure_future(run(session_id, entry, work)))
-        return await asyncio.shield(entry.replies[request_id])
+            return await run(session_id, entry, work, grows)
+        key = (route, target, request_id)
+        if key not in entry.replies:
+            store.remember(entry, key, asyncio.ensure_future(run(session_id, entry, work, grows)))
+        return await asyncio.shield(entry.replies[key])
+
+    def open_target(session: InteractiveSession, name: str) -> None:
+        """Make ``name`` current, refusing a new one past ``max_targets``."""
+        if name not in session.targets and len(session.targets) >= limits.max_targets:
+            raise TooManyTargets(f"the session has {len(session.targets)} targets, the limit "
+                                 "(--max-targets): reset one first")
+        session.set_target(name)
+
+    def existing_target(session: InteractiveSession, name: str) -> bool:
+        """Make ``name`` current; whether it exists (reading one that does not creates nothing)."""
+        session.set_target(name)
+        return name in session.targets
 
     def prompt(target: str, call):
         def work(session: InteractiveSession) -> dict:
-            session.set_target(target)
+            open_target(session, target)
             if session.undo_depth >= limits.max_prompts:
                 raise PromptError(f"target {target!r} has {limits.max_prompts} prompts, the limit; "
                                   "reset it", field="target")
@@ -210,7 +289,8 @@ def create_app(bundle: Bundle, token: Optional[str], limits: Limits = Limits(),
               openapi_extra=BINARY_BODY)
     async def create_session(request: Request) -> SessionReply:
         """Upload an image (a KA2V container with its ijk_to_ras) and start a session on it."""
-        volume = await run_in_threadpool(decode_volume, await request.body(), limits.max_voxels)
+        volume = await run_in_threadpool(decode_volume, await request.body(), limits.max_voxels,
+                                         limits.max_memory_bytes)
 
         def start() -> InteractiveSession:
             session = InteractiveSession(bundle, device=device)
@@ -218,8 +298,8 @@ def create_app(bundle: Bundle, token: Optional[str], limits: Limits = Limits(),
             return session
         session = await worker.run(start)
         session_id = store.add(session, session.memory_bytes)
-        log.info("session %s: image %s %s, %d sessions, %.0f MB", session_id[:6], volume.shape,
-                 volume.array.dtype, len(store), store.nbytes / 1e6)
+        log.info("%s: image %s %s, %d sessions, %.0f MB", short_ids(f"/sessions/{session_id}"),
+                 volume.shape, volume.array.dtype, len(store), store.nbytes / 1e6)
         return SessionReply(session=session_id, shape=list(volume.shape), members=session.members,
                             expires_after_idle_s=limits.idle_seconds)
 
@@ -231,22 +311,23 @@ def create_app(bundle: Bundle, token: Optional[str], limits: Limits = Limits(),
     @app.post("/sessions/{session_id}/targets/{target}/points", dependencies=secured, responses=ERRORS)
     async def add_point(session_id: SessionId, target: TargetName, body: PointRequest,
                         request_id: RequestId = None) -> PromptReply:
-        return await once(session_id, request_id,
+        return await once(session_id, "points", target, request_id,
                           prompt(target, lambda s: s.add_point(body.ras, positive=body.positive)))
 
     @app.post("/sessions/{session_id}/targets/{target}/boxes", dependencies=secured, responses=ERRORS)
     async def add_box(session_id: SessionId, target: TargetName, body: BoxRequest,
                       request_id: RequestId = None) -> PromptReply:
-        return await once(session_id, request_id,
+        return await once(session_id, "boxes", target, request_id,
                           prompt(target, lambda s: s.add_box(body.corner_a, body.corner_b)))
 
     @app.post("/sessions/{session_id}/targets/{target}/undo", dependencies=secured, responses=ERRORS)
     async def undo(session_id: SessionId, target: TargetName, request_id: RequestId = None) -> UndoReply:
         def work(session: InteractiveSession) -> dict:
-            session.set_target(target)
+            if not existing_target(session, target):
+                return {"changed": None, "undo_depth": 0}
             region = session.undo()
             return {"changed": encode_region(session.mask, region), "undo_depth": session.undo_depth}
-        return await once(session_id, request_id, work)
+        return await once(session_id, "undo", target, request_id, work)
 
     @app.post("/sessions/{session_id}/targets/{target}/reset", status_code=204, dependencies=secured,
               responses=ERRORS)
@@ -267,9 +348,9 @@ def create_app(bundle: Bundle, token: Optional[str], limits: Limits = Limits(),
             raise WireError(f"expected uint8, got {array.dtype}", field="mask.dtype")
 
         def work(session: InteractiveSession) -> None:
-            session.set_target(target)
+            open_target(session, target)
             session.set_mask(array)
-        await run(session_id, entry, work)
+        await run(session_id, entry, work, grows=True)
         return Response(status_code=204)
 
     @app.get("/sessions/{session_id}/targets/{target}/mask", dependencies=secured,
@@ -277,8 +358,9 @@ def create_app(bundle: Bundle, token: Optional[str], limits: Limits = Limits(),
     async def get_mask(session_id: SessionId, target: TargetName) -> Response:
         """The target's whole mask as a uint8 KA2V container."""
         def work(session: InteractiveSession) -> bytes:
-            session.set_target(target)
-            return encode_array(session.mask)
+            if existing_target(session, target):
+                return encode_array(session.mask)
+            return encode_array(np.zeros(session.volume.shape, dtype=np.uint8))
         data = await run(session_id, store.get(session_id), work)
         return Response(data, media_type="application/octet-stream")
 

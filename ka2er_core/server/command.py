@@ -15,11 +15,9 @@ def run_serve(args: argparse.Namespace) -> int:
 
         raise Ka2erError(f"the server needs its extra packages ({err.name} is missing): "
                          "pip install 'ka2er-segment[server]'") from None
-    limits = Limits(max_sessions=args.max_sessions, max_memory_bytes=int(args.max_memory_gb * 2**30),
-                    idle_seconds=args.idle_minutes * 60, max_upload_bytes=args.max_upload_mb << 20,
-                    max_voxels=args.max_voxels, rate_per_second=args.rate)
     serve(args.bundle, args.host, args.port, args.token_file, args.insecure_local,
-          args.ssl_certfile, args.ssl_keyfile, args.device, limits)
+          args.ssl_certfile, args.ssl_keyfile, args.device, Limits.from_options(vars(args)),
+          args.forwarded_allow_ips)
     return 0
 
 
@@ -27,7 +25,8 @@ def add_serve_command(commands) -> None:
     serve = commands.add_parser(
         "serve", help="serve a bundle to Slicer modules over HTTP(S)",
         description="Serve interactive segmentation sessions to the KA2ER Segment Slicer module. "
-                    "Every request but /health needs the bearer token in --token-file.")
+                    "Every request but /health needs the bearer token in --token-file. Every limit "
+                    "must be a positive number.")
     serve.add_argument("--bundle", type=Path, default=None, help="bundle folder (default: shipped)")
     serve.add_argument("--host", default="127.0.0.1",
                        help="address to bind (default 127.0.0.1; 0.0.0.0 for the network)")
@@ -42,9 +41,20 @@ def add_serve_command(commands) -> None:
     serve.add_argument("--max-sessions", type=int, default=16,
                        help="sessions kept; the least recently used are evicted past it")
     serve.add_argument("--max-memory-gb", type=float, default=8.0,
-                       help="memory of all sessions together (images, masks, embeddings)")
+                       help="memory of all sessions together (images, masks, undo copies, "
+                            "embeddings); a session that alone would pass it gets 507")
+    serve.add_argument("--max-targets", type=int, default=64,
+                       help="targets (segments) per session; a new one past it gets 409")
     serve.add_argument("--idle-minutes", type=float, default=30.0, help="a session expires after this")
     serve.add_argument("--max-upload-mb", type=int, default=1024, help="largest image upload")
     serve.add_argument("--max-voxels", type=int, default=512 * 512 * 1024, help="largest image")
     serve.add_argument("--rate", type=float, default=50.0, help="requests per second per client")
+    serve.add_argument("--read-timeout", type=float, default=20.0,
+                       help="seconds a client has to send a request's headers, and the longest "
+                            "pause in its body; then 408 and the connection is closed")
+    serve.add_argument("--keep-alive", type=float, default=5.0,
+                       help="seconds an idle kept-alive connection stays open")
+    serve.add_argument("--forwarded-allow-ips", default="",
+                       help="comma-separated addresses or networks of proxies whose X-Forwarded-For "
+                            "names the client (default: none; the peer address is the client)")
     serve.set_defaults(run=run_serve)

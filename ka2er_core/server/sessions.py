@@ -2,17 +2,47 @@
 
 from __future__ import annotations
 
+import re
 import secrets
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Hashable
 
 from ..inference.session import InteractiveSession
 
 
+SHOWN_ID_CHARACTERS = 6
+"""Logs show a session id's first characters only: with the token, an id opens its session, and more
+people read logs than hold the token."""
+SESSION_IN_PATH = re.compile(r"(/sessions/[A-Za-z0-9_-]{%d})[A-Za-z0-9_-]+" % SHOWN_ID_CHARACTERS)
+
+
+def short_ids(text: str) -> str:
+    """``text`` (a URL path, a log line) with each ``/sessions/{id}`` cut to the id's first characters."""
+    return SESSION_IN_PATH.sub(r"\1...", text)
+
+
 class SessionGone(LookupError):
     """The session id is unknown, expired or evicted; the client should upload the image again."""
+
+
+class SessionTooLarge(RuntimeError):
+    """The session would hold (or held, and was dropped for it) more than the memory of all sessions."""
+
+    def __init__(self, detail: str, dropped: bool):
+        super().__init__(detail)
+        self.dropped = dropped
+
+
+def session_bytes(session: InteractiveSession) -> int:
+    """What ``session`` holds beyond the model: :attr:`InteractiveSession.memory_bytes` (image, masks,
+    undo copies of pasted regions, last crop logits, cached embeddings) plus the crop logits each undo
+    step keeps to restore, counted once each."""
+    kept = {id(step.crop.logits): step.crop.logits.nbytes
+            for target in session.targets.values() for step in target.history
+            if step.crop is not None and step.crop is not target.crop}
+    return session.memory_bytes + sum(kept.values())
 
 
 @dataclass
@@ -21,15 +51,17 @@ class Entry:
     last_used: float
     nbytes: int = 0  # InteractiveSession.memory_bytes after its last request
     replies: dict = field(default_factory=dict)
-    """Request id -> the task answering it, for the last few prompts (a client's retry of a prompt
-    whose reply it never got shares that reply instead of applying the prompt twice)."""
+    """(route, target, request id) -> the task answering it, for the last few prompts (a client's retry
+    of a prompt whose reply it never got shares that reply instead of applying the prompt twice)."""
 
 
 class SessionStore:
     """Sessions by id. Used from the event loop only (the model worker runs the sessions' work).
 
     A session idle for ``idle_seconds`` expires; past ``max_sessions`` sessions or ``max_bytes`` in
-    all, the least recently used are evicted (never the one being added or used).
+    all, the least recently used are evicted. The session being used is never evicted for another, but
+    it may not outgrow ``max_bytes`` alone: a request that could take it past is refused
+    (:meth:`reserve`), and one that did take it past drops it (:meth:`update`).
     """
 
     def __init__(self, max_sessions: int, max_bytes: int, idle_seconds: float,
@@ -64,15 +96,36 @@ class SessionStore:
         self._entries.move_to_end(session_id)
         return entry
 
-    def update(self, session_id: str, nbytes: int) -> None:
-        """Record a session's size after work on it, evicting others if the total grew too big."""
+    def reserve(self, session_id: str, growth: int) -> None:
+        """Make room for ``session_id`` to grow by up to ``growth`` bytes, evicting others; refuse with
+        :class:`SessionTooLarge` when the session alone would then pass ``max_bytes``."""
         entry = self._entries.get(session_id)
-        if entry is not None:
-            entry.nbytes = nbytes
-            self._evict(keep=session_id)
+        if entry is None:
+            raise SessionGone(session_id)
+        if entry.nbytes + growth > self.max_bytes:
+            raise SessionTooLarge(f"this request could take the session to {mb(entry.nbytes + growth)}, "
+                                  f"past the {mb(self.max_bytes)} the server keeps for all sessions "
+                                  "(--max-memory-gb): reset targets you no longer need, or start a new "
+                                  "session", dropped=False)
+        self._evict(keep=session_id, growth=growth)
 
-    def remember(self, entry: Entry, request_id: str, reply: Any, keep: int = 8) -> None:
-        entry.replies[request_id] = reply
+    def update(self, session_id: str, nbytes: int) -> None:
+        """Record a session's size after work on it, evicting others if the total grew too big; a
+        session grown past ``max_bytes`` alone is dropped (:class:`SessionTooLarge`)."""
+        entry = self._entries.get(session_id)
+        if entry is None:
+            return
+        entry.nbytes = nbytes
+        if nbytes > self.max_bytes:
+            del self._entries[session_id]
+            self.evicted += 1
+            raise SessionTooLarge(f"the session grew to {mb(nbytes)}, past the {mb(self.max_bytes)} the "
+                                  "server keeps for all sessions (--max-memory-gb), and was dropped: "
+                                  "upload the image again", dropped=True)
+        self._evict(keep=session_id)
+
+    def remember(self, entry: Entry, key: Hashable, reply: Any, keep: int = 8) -> None:
+        entry.replies[key] = reply
         while len(entry.replies) > keep:
             entry.replies.pop(next(iter(entry.replies)))
 
@@ -86,11 +139,17 @@ class SessionStore:
         for session_id in [s for s, e in self._entries.items() if now - e.last_used > self.idle_seconds]:
             del self._entries[session_id]
 
-    def _evict(self, keep: str) -> None:
+    def _evict(self, keep: str, growth: int = 0) -> None:
+        """Drop the least recently used sessions but ``keep`` until the count and the bytes (plus
+        ``growth`` to come) fit."""
         while len(self._entries) > 1 and (len(self._entries) > self.max_sessions
-                                          or self.nbytes > self.max_bytes):
+                                          or self.nbytes + growth > self.max_bytes):
             oldest = next(s for s in self._entries if s != keep)
             del self._entries[oldest]
             self.evicted += 1
         self.peak_sessions = max(self.peak_sessions, len(self._entries))
         self.peak_bytes = max(self.peak_bytes, self.nbytes)
+
+
+def mb(nbytes: int) -> str:
+    return f"{nbytes / 2**20:.0f} MB"

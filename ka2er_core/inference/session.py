@@ -72,6 +72,18 @@ class UndoStep:
 
 
 @dataclass
+class Render:
+    """One piece of an answer rendered on the volume's grid, not yet written: ``rendered`` (the
+    mask) and ``reached`` (the voxels it may change) over ``region`` (None: nothing changed), and
+    the crop's ``logits`` as they stand once it is written."""
+
+    logits: np.ndarray
+    region: Optional[Region] = None
+    rendered: Optional[np.ndarray] = None
+    reached: Optional[np.ndarray] = None
+
+
+@dataclass
 class Target:
     """One segment being edited: its mask (uint8, (k, j, i)), prompts and history."""
 
@@ -427,42 +439,51 @@ class InteractiveSession:
 
     def _paste(self, target, prompts, pieces, score, start, focus=None) -> Result:
         """Paste each (crop, logits, old) piece's changed cells into the mask, in order, as one undo
-        step; the first piece's crop and logits are remembered as the target's last answer."""
+        step; the first piece's crop and logits are remembered as the target's last answer. All
+        pieces are rendered before the mask is touched: a failure while rendering any of them (a
+        refinement tile, say) leaves the mask, its history and the target as they were."""
+        renders = [self._render(crop, logits, old, focus) for crop, logits, old in pieces]
         step = UndoStep([], target.prompts, target.crop, target.bounds, target.member)
-        remembered = None
-        for crop, logits, old in pieces:
-            logits = self._paste_piece(target, step, crop, logits, old, focus)
-            remembered = remembered or CropState(crop, logits)
+        for render in renders:
+            self._commit(target, step, render)
         target.history.append(step)
         target.prompts = prompts
-        target.crop = remembered
+        target.crop = CropState(pieces[0][0], renders[0].logits)
         if self.pinned is None:
             target.member = self.segmenter.name
         return Result(union(region for region, _ in step.pasted), score, self.segmenter.name,
                       (time.perf_counter() - start) * 1000)
 
-    def _paste_piece(self, target, step, crop, logits, old, focus) -> np.ndarray:
-        """Render the cells of ``crop`` where ``logits`` and ``old`` differ into the mask (their
-        previous content into ``step``); return the logits as the crop now holds them."""
+    def _render(self, crop, logits, old, focus) -> Render:
+        """The cells of ``crop`` where ``logits`` and ``old`` differ, rendered on the volume's grid
+        (nothing is written), and the logits as the crop will hold them once pasted."""
         changed = changed_cells(logits, old, focus=focus, radius=CORRECTION_RADIUS * crop.shape[0])
         region = None if changed is None else region_slices(crop, self.volume.grid, *changed[1])
         if region is None:
-            return logits
+            return Render(logits)
         cells = changed[0]
         rendered, reached = sample_logits(torch.from_numpy(logits), crop, self.volume.grid,
                                           region, cells)
+        if focus is not None:  # what was not pasted stays as it was in the crop's memory too
+            block = crop.shape[0] // cells.shape[0]
+            pasted = cells.repeat(block, 0).repeat(block, 1).repeat(block, 2)
+            logits = np.where(pasted, logits, old)
+        return Render(logits, region, rendered, reached)
+
+    def _commit(self, target: Target, step: UndoStep, render: Render) -> None:
+        """Write a rendered piece into the mask where the crop reaches (its previous content into
+        ``step``) and grow the target's bounds."""
+        if render.region is None:
+            return
+        region = render.region
         previous = target.mask[region].copy()
-        target.mask[region] = np.where(reached, rendered, previous)  # the rest keeps its value
+        # only the voxels the crop reaches change; the rest keep their value
+        target.mask[region] = np.where(render.reached, render.rendered, previous)
         step.pasted.append((region, previous))
         grown = self._mask_bounds(target.mask, region)
         if grown is not None:
             target.bounds = grown if target.bounds is None else (
                 np.minimum(target.bounds[0], grown[0]), np.maximum(target.bounds[1], grown[1]))
-        if focus is not None:  # what was not pasted stays as it was in the crop's memory too
-            block = crop.shape[0] // cells.shape[0]
-            pasted = cells.repeat(block, 0).repeat(block, 1).repeat(block, 2)
-            logits = np.where(pasted, logits, old)
-        return logits
 
 
 def prompts_inside(prompts: list[Prompt], crop: Grid) -> list[Prompt]:

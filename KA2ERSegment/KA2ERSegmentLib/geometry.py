@@ -13,9 +13,7 @@ import vtk
 
 import slicer
 
-
-class SceneError(ValueError):
-    """A scene the module cannot work with (what node, what is wrong, what is expected)."""
+from .errors import SceneError
 
 
 def matrix_to_array(matrix: vtk.vtkMatrix4x4) -> np.ndarray:

@@ -22,6 +22,8 @@ class Job:
     run: Callable[[], Any]
     done: Optional[Callable[[Any], None]] = None
     failed: Optional[Callable[[BaseException], None]] = None
+    generation: int = 0
+    """Set by :meth:`Worker.submit`: jobs of an older generation were discarded."""
 
 
 class Worker:
@@ -31,6 +33,7 @@ class Worker:
         self._jobs: "queue.Queue[Optional[Job]]" = queue.Queue()
         self._finished: "queue.Queue[tuple[Job, bool, Any]]" = queue.Queue()
         self._pending = 0
+        self._generation = 0
         self._lock = threading.Lock()
         self.running: Optional[str] = None
         """Name of the job on the worker thread now (None when idle)."""
@@ -40,7 +43,18 @@ class Worker:
     def submit(self, job: Job) -> None:
         with self._lock:
             self._pending += 1
+            job.generation = self._generation
         self._jobs.put(job)
+
+    def discard(self) -> None:
+        """Forget every job submitted so far (the scene they were for is closing): those not started
+        never run, and no callback of any of them is called; the one running now finishes."""
+        with self._lock:
+            self._generation += 1
+
+    def _discarded(self, job: Job) -> bool:
+        with self._lock:
+            return job.generation != self._generation
 
     @property
     def pending(self) -> int:
@@ -49,7 +63,8 @@ class Worker:
             return self._pending
 
     def deliver(self) -> int:
-        """Call the callbacks of finished jobs on this thread, in submission order; returns how many."""
+        """Call the callbacks of finished jobs on this thread, in submission order; returns how many
+        (discarded jobs have none)."""
         count = 0
         while True:
             try:
@@ -58,6 +73,8 @@ class Worker:
                 return count
             with self._lock:
                 self._pending -= 1
+            if self._discarded(job):
+                continue
             count += 1
             callback = job.done if ok else job.failed
             if callback is not None:
@@ -81,6 +98,9 @@ class Worker:
             job = self._jobs.get()
             if job is None:
                 return
+            if self._discarded(job):
+                self._finished.put((job, False, None))
+                continue
             self.running = job.name
             try:
                 value, ok = job.run(), True

@@ -7,8 +7,9 @@ a sha256 of every weight file, checked at load. No pickle is ever read. A member
 a task :class:`Expert` (``"architecture": {"type": "expert", "plan": ...}``, plus ``"variant":
 "nnunet"`` for an imported nnU-Net, whose decoder differs: see :mod:`ka2er_core.importers.nnunet`).
 :func:`build_module` builds a member's bare model from its ``"architecture"`` entry (for the loader
-and ``ka2er bundle export``); :func:`architecture_config` checks the entry without building it (for
-``ka2er bundle inspect``).
+and ``ka2er bundle export``). Every field of ``bundle.json`` is checked in one place,
+:mod:`ka2er_core.bundle_schema`, when it is read (:func:`read_manifest`); a weight file's header is
+checked before the safetensors library reads it (:func:`load_weights`).
 
 A ``moe`` bundle (SAM-Med3D-MoE) holds the general promptable model, task-tuned copies of it and a
 :class:`~ka2er_core.modeling.gate.Gate` (``"gate"``: its config, threshold included, and weights).
@@ -29,39 +30,41 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Sequence, Union
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .errors import Ka2erError, UnreadableFileError
-from .modeling.normalization import Normalization
+from .bundle_schema import (  # the schema's names stay importable from here
+    EXPERT, EXPERT_VARIANTS, FORMAT_VERSION, GATE_WEIGHTS, BundleError, Config, architecture_config,
+    check_manifest, check_shared_settings)
+from .errors import UnreadableFileError
 from .io.atomic import atomic_write
-from .modeling import ExpertPlan, ModelConfig, PlanError, PromptableSegmenter, TaskExpert
+from .io.weights import read_header
+from .modeling import ExpertPlan, PromptableSegmenter, TaskExpert
 from .modeling.gate import Gate
-from .modeling.sam_med3d import TYPE as SAM_MED3D, SamMed3D, SamMed3DConfig
+from .modeling.normalization import Normalization
+from .modeling.sam_med3d import SamMed3D, SamMed3DConfig
 
-FORMAT_VERSION = 1
 STUDENT_BUNDLE = Path(__file__).parent / "bundles" / "demo"
 """The shipped KA2ER student alone (see its README.md model card): the moe bundle's general model."""
 MOE_BUNDLE = Path(__file__).parent / "bundles" / "moe"
 """The shipped moe bundle: the KA2ER student, task members and a gate."""
 DEFAULT_BUNDLE = MOE_BUNDLE
 """What :func:`load_bundle` loads without a path (``ka2er demo``, the session, the server)."""
-GATE_WEIGHTS = "gate"
-"""File stem of a moe bundle's gate weights (no member may take this name)."""
-EXPERT = "expert"
-"""``"type"`` of a task expert's architecture entry (a promptable model of ours has none)."""
-EXPERT_VARIANTS = (None, "nnunet")
-"""``"variant"`` values of an expert's architecture entry: none (our TaskExpert) or an imported nnU-Net."""
-
-
-class BundleError(Ka2erError):
-    """A bundle folder is incomplete, inconsistent, or its weights do not match their checksum."""
+MAX_MANIFEST_BYTES = 16 << 20
+"""A ``bundle.json`` larger than this is refused unread (the shipped ones hold a few kB)."""
+BUILD_ERRORS = (ValueError, TypeError, RuntimeError, ArithmeticError, AssertionError, IndexError,
+                KeyError)
+"""What building a network from sizes it cannot take raises (torch, MONAI and our modules)."""
 
 
 def sha256(path: Path) -> str:
     digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
+    try:
+        with open(path, "rb") as stream:
+            for block in iter(lambda: stream.read(1 << 20), b""):
+                digest.update(block)
+    except OSError as err:
+        raise UnreadableFileError(f"unreadable ({err.strerror or err})", path=path) from None
     return digest.hexdigest()
 
 
@@ -218,75 +221,32 @@ def save_moe_bundle(path: Union[str, os.PathLike], members: Sequence[Segmenter],
                                  "metrics": metrics or {}})
 
 
-def check_shared_settings(entries: Mapping[str, dict], manifest: Optional[Path]) -> None:
-    """Members of a moe bundle (``bundle.json`` entries, the general model first) are promptable
-    and share the general model's normalisation, spacings and crop size; a :class:`BundleError`
-    names the first member and field that differ."""
-    (general_name, general), *others = entries.items()
-    for name, entry in entries.items():
-        if entry["architecture"].get("type") == EXPERT:
-            raise BundleError("a moe bundle's members must be promptable models, not task experts",
-                              path=manifest, field=f"members.{name}.architecture")
-    for name, entry in others:
-        for key in ("normalization", "base_spacing", "max_spacing"):
-            if entry[key] != general[key]:
-                raise BundleError(f"{entry[key]!r} differs from the general model's "
-                                  f"{general[key]!r} ({general_name!r}); the members of a moe bundle "
-                                  "are fine-tunes of it", path=manifest, field=f"members.{name}.{key}")
-        if entry["architecture"]["crop_size"] != general["architecture"]["crop_size"]:
-            raise BundleError("crop size differs from the general model's", path=manifest,
-                              field=f"members.{name}.architecture.crop_size")
-
-
-Config = Union[ModelConfig, SamMed3DConfig, ExpertPlan]
-
-
-def architecture_config(architecture: Any, *, path: Optional[Path] = None,
-                        field: str = "architecture") -> Config:
-    """The config a member's ``"architecture"`` entry (``bundle.json``'s) describes, checked, no model
-    built: a :class:`ModelConfig` (our promptable model), :class:`SamMed3DConfig` (``"type":
-    "sam_med3d"``) or :class:`ExpertPlan` (``"type": "expert"``, its ``"variant"`` checked too). A
-    :class:`BundleError` names ``path`` and the ``field`` (the entry's own name, ``"architecture"``
-    unless given) of the first problem."""
-    if not isinstance(architecture, Mapping):
-        raise BundleError(f"expected an object, found {architecture!r}", path=path, field=field)
-    kind = architecture.get("type")
-    if kind not in (None, EXPERT, SAM_MED3D):
-        raise BundleError(f"unknown member type {kind!r}; known: {EXPERT!r}, {SAM_MED3D!r} or none (a "
-                          "promptable model of ours)", path=path, field=f"{field}.type")
-    if kind == EXPERT:
-        if architecture.get("variant") not in EXPERT_VARIANTS:
-            raise BundleError(f"unknown expert variant {architecture.get('variant')!r}", path=path,
-                              field=f"{field}.variant")
-        try:
-            return ExpertPlan.from_dict(architecture.get("plan"))
-        except PlanError as err:
-            raise BundleError(err.problem, path=path, field=f"{field}.plan"
-                              + (f".{err.field}" if err.field else "")) from None
-    try:
-        if kind == SAM_MED3D:
-            return SamMed3DConfig.from_dict(dict(architecture))
-        return ModelConfig.from_dict(dict(architecture))
-    except (TypeError, ValueError) as err:
-        raise BundleError(str(err), path=path, field=field) from None
-
-
 def build_module(architecture: Any, *, path: Optional[Path] = None, field: str = "architecture"
                  ) -> torch.nn.Module:
     """The bare model (random weights, train mode, on the CPU) of a member's ``"architecture"`` entry:
     a :class:`PromptableSegmenter`, a :class:`SamMed3D`, a :class:`TaskExpert` or, for ``"variant":
     "nnunet"``, an :class:`~ka2er_core.importers.nnunet.NnUNetExpert`, whose state dict is the one
-    the member's weight file holds. Errors as :func:`architecture_config`."""
+    the member's weight file holds. Errors as :func:`architecture_config`, and a
+    :class:`BundleError` naming the entry when the network cannot be built with its sizes."""
     config = architecture_config(architecture, path=path, field=field)
-    if isinstance(config, ExpertPlan):
-        if architecture.get("variant") == "nnunet":
-            from .importers.nnunet import NnUNetExpert  # imports this module
+    try:
+        if isinstance(config, ExpertPlan):
+            if architecture.get("variant") == "nnunet":
+                from .importers.nnunet import NnUNetExpert  # imports this module
 
-            return NnUNetExpert(config)
-        return TaskExpert(config)
-    if isinstance(config, SamMed3DConfig):
-        return SamMed3D(config)
-    return PromptableSegmenter(config)
+                return NnUNetExpert(config)
+            return TaskExpert(config)
+        if isinstance(config, SamMed3DConfig):
+            return SamMed3D(config)
+        return PromptableSegmenter(config)
+    except BUILD_ERRORS as err:
+        raise BundleError(f"the network cannot be built with these sizes ({type(err).__name__}: "
+                          f"{first_line(err)})", path=path, field=field) from None
+
+
+def first_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else ""
 
 
 def manifest_of(path: Path) -> Path:
@@ -298,11 +258,15 @@ def manifest_of(path: Path) -> Path:
 
 
 def read_manifest(path: Path) -> dict[str, Any]:
-    """``bundle.json`` of the bundle folder ``path``, its format version and members checked."""
+    """``bundle.json`` of the bundle folder ``path``, every field checked
+    (:func:`~ka2er_core.bundle_schema.check_manifest`)."""
     if not path.exists():
         raise UnreadableFileError("no such bundle folder", path=path)
     manifest = manifest_of(path)
     try:
+        if manifest.stat().st_size > MAX_MANIFEST_BYTES:
+            raise BundleError(f"larger than {MAX_MANIFEST_BYTES >> 20} MiB: not a bundle.json",
+                              path=manifest)
         meta = json.loads(manifest.read_text())
     except FileNotFoundError:
         raise UnreadableFileError("not a bundle: no bundle.json", path=path) from None
@@ -310,31 +274,49 @@ def read_manifest(path: Path) -> dict[str, Any]:
         raise UnreadableFileError(f"unreadable ({err.strerror or err})", path=manifest) from None
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise BundleError(f"invalid JSON ({err})", path=manifest) from None
-    if not isinstance(meta, dict) or meta.get("format_version") != FORMAT_VERSION:
-        found = meta.get("format_version") if isinstance(meta, dict) else None
-        raise BundleError(f"format_version {found!r}, expected {FORMAT_VERSION}", path=manifest,
-                          field="format_version")
-    members = meta.get("members")
-    if not isinstance(members, dict) or not members:
-        raise BundleError("no members", path=manifest, field="members")
-    for name, entry in members.items():
-        for key in ("weights", "architecture"):
-            if not isinstance(entry, dict) or key not in entry:
-                raise BundleError("required field is missing", path=manifest,
-                                  field=f"members.{name}.{key}")
-    return meta
+    except RecursionError:
+        raise BundleError("invalid JSON (nested too deep)", path=manifest) from None
+    return check_manifest(meta, manifest)
 
 
 def checked_weights(path: Path, meta: dict[str, Any], name: str) -> Path:
     """The weight file ``name`` of the bundle at ``path``, once its sha256 matches ``bundle.json``."""
     weights = path / name
     expected = meta.get("sha256", {}).get(name)
-    if not weights.exists():
-        raise BundleError("weight file missing", path=weights)
+    if not weights.is_file():
+        raise BundleError("weight file missing" if not weights.exists() else
+                          "expected a weight file, found a folder", path=weights)
     if expected is None or sha256(weights) != expected:
         raise BundleError("sha256 does not match bundle.json: the file was changed or damaged",
                           path=weights, field="sha256")
     return weights
+
+
+def load_weights(module: torch.nn.Module, weights: Path) -> None:
+    """Load the safetensors file ``weights`` into ``module``, its header checked first
+    (:func:`~ka2er_core.io.weights.read_header`): a :class:`BundleError` names the file and the
+    first tensor the architecture needs that it lacks or holds in another shape, or one it has
+    that the architecture does not."""
+    tensors = read_header(weights)
+    expected = module.state_dict()
+    for name, value in expected.items():
+        if name not in tensors:
+            raise BundleError(f"no tensor {name!r}, which bundle.json's architecture needs",
+                              path=weights, field="header")
+        if tensors[name].shape != tuple(value.shape):
+            raise BundleError(f"shape {list(tensors[name].shape)} in the file, "
+                              f"{list(value.shape)} in bundle.json's architecture", path=weights,
+                              field=f"header.{name}.shape")
+    unexpected = sorted(set(tensors) - set(expected))
+    if unexpected:
+        raise BundleError(f"{len(unexpected)} tensors that bundle.json's architecture does not have, "
+                          f"e.g. {unexpected[0]!r}", path=weights, field="header")
+    try:
+        state = load_file(str(weights))
+    except SafetensorError as err:
+        raise UnreadableFileError(f"not a readable safetensors file ({first_line(err)})",
+                                  path=weights) from None
+    module.load_state_dict(state)
 
 
 def load_member(path: Path, meta: dict[str, Any], name: str, device: Union[str, torch.device]
@@ -344,7 +326,7 @@ def load_member(path: Path, meta: dict[str, Any], name: str, device: Union[str, 
     weights = checked_weights(path, meta, member["weights"])
     model = build_module(member["architecture"], path=path / "bundle.json",
                          field=f"members.{name}.architecture")
-    model.load_state_dict(load_file(str(weights)))
+    load_weights(model, weights)
     model = model.to(device).eval()
     if isinstance(model, TaskExpert):
         return Expert(name, model)
@@ -353,17 +335,15 @@ def load_member(path: Path, meta: dict[str, Any], name: str, device: Union[str, 
 
 
 def load_gate(path: Path, meta: dict[str, Any], device: Union[str, torch.device]) -> Gate:
-    """The gate of a moe bundle; its members must be the bundle's, in order (general first)."""
+    """The gate of a moe bundle (its entry checked by :func:`read_manifest`: the bundle's members,
+    in order, general first)."""
     entry = dict(meta["gate"])
     weights = checked_weights(path, meta, entry.pop("weights"))
-    if entry.get("members") != list(meta["members"]):
-        raise BundleError(f"{entry.get('members')!r} differs from the bundle's members "
-                          f"{list(meta['members'])}", path=path / "bundle.json", field="gate.members")
     try:
         gate = Gate(**entry)
-    except (TypeError, ValueError) as error:
-        raise BundleError(str(error), path=path / "bundle.json", field="gate") from None
-    gate.load_state_dict(load_file(str(weights)))
+    except BUILD_ERRORS as error:
+        raise BundleError(first_line(error), path=path / "bundle.json", field="gate") from None
+    load_weights(gate, weights)
     return gate.to(device).eval()
 
 
@@ -375,13 +355,11 @@ def load_bundle(path: Union[str, os.PathLike, None] = None, device: Union[str, t
     """
     path = Path(path) if path is not None else DEFAULT_BUNDLE
     meta = read_manifest(path)
-    manifest = path / "bundle.json"
     names = list(meta["members"])
     kind = meta.get("kind", "student")
     if kind != "moe":
         members = {name: load_member(path, meta, name, device) for name in names}
         return Bundle(path, kind, members, meta)
-    check_shared_settings(meta["members"], manifest)
     for name in names:  # a damaged file is refused now, not at the click that first needs it
         checked_weights(path, meta, meta["members"][name]["weights"])
     gate = load_gate(path, meta, device) if "gate" in meta else None

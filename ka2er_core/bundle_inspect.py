@@ -3,23 +3,22 @@
 :func:`inspect_bundle` returns a JSON-able report: kind, labels, per member its type ("promptable",
 "sam_med3d" or "expert", with ``"variant": "nnunet"`` for an imported nnU-Net), architecture,
 spacings, crop or plan, normalisation, parameter count (tensor values in its weight file, buffers
-included) and weight file (size, sha256 status against ``bundle.json``); a moe bundle's gate; the
-training summary and the measured metrics. :func:`format_report` renders it as text and
-:func:`check_weights` raises on the first weight file that does not match its checksum.
+included) and weight file (size, sha256 status against ``bundle.json``, header status); a moe
+bundle's gate; the training summary and the measured metrics. :func:`format_report` renders it as
+text and :func:`check_weights` raises on the first weight file that does not match its checksum or
+whose header is unreadable.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
 from pathlib import Path
 from typing import Any, Union
 
-from safetensors import SafetensorError, safe_open
-
-from .bundle import (EXPERT, BundleError, architecture_config, check_shared_settings,
-                     read_manifest, sha256)
+from .bundle import EXPERT, BundleError, architecture_config, read_manifest, sha256
+from .errors import UnreadableFileError
+from .io.weights import read_header
 from .modeling import ExpertPlan
 from .modeling.sam_med3d import TYPE as SAM_MED3D, SamMed3DConfig
 
@@ -28,24 +27,22 @@ LONGEST_LIST = 8
 """Lists longer than this are shortened in the text report."""
 
 
-def parameter_count(weights: Path) -> int | None:
-    """Values in all tensors of a safetensors file, from its header; None if that is unreadable."""
-    try:
-        with safe_open(str(weights), framework="pt") as tensors:
-            return sum(math.prod(tensors.get_slice(key).get_shape()) for key in tensors.keys())
-    except (SafetensorError, OSError):
-        return None
-
-
 def weight_file(path: Path, meta: dict[str, Any], name: str) -> dict[str, Any]:
-    """File name, size in bytes, sha256 status (ok, changed, missing, not recorded) and parameters."""
+    """File name, size in bytes, sha256 status (ok, changed, missing, not recorded), header status
+    (ok, missing, or what is wrong with it) and parameters (values in all its tensors)."""
     weights = path / name
     if not weights.is_file():
-        return {"file": name, "bytes": None, "sha256": MISSING, "parameters": None}
+        return {"file": name, "bytes": None, "sha256": MISSING, "header": MISSING,
+                "parameters": None}
     expected = meta.get("sha256", {}).get(name)
     status = NOT_RECORDED if expected is None else OK if sha256(weights) == expected else CHANGED
-    return {"file": name, "bytes": weights.stat().st_size, "sha256": status,
-            "parameters": parameter_count(weights)}
+    try:
+        tensors = read_header(weights)
+        header, parameters = OK, sum(tensor.values for tensor in tensors.values())
+    except UnreadableFileError as err:
+        header, parameters = ": ".join(p for p in (err.field, err.problem) if p), None
+    return {"file": name, "bytes": weights.stat().st_size, "sha256": status, "header": header,
+            "parameters": parameters}
 
 
 def member_report(path: Path, meta: dict[str, Any], name: str) -> dict[str, Any]:
@@ -62,9 +59,6 @@ def member_report(path: Path, meta: dict[str, Any], name: str) -> dict[str, Any]
         variant = {"variant": architecture["variant"]} if architecture.get("variant") else {}
         return {"type": EXPERT, **variant, "plan": config.to_dict(), "parameters": parameters,
                 "weights": weights}
-    for key in ("normalization", "base_spacing", "max_spacing"):
-        if key not in entry:
-            raise BundleError("required field is missing", path=manifest, field=f"members.{name}.{key}")
     kind = SAM_MED3D if isinstance(config, SamMed3DConfig) else "promptable"
     return {"type": kind, "architecture": config.to_dict(), "crop_size": config.crop_size,
             "base_spacing": entry["base_spacing"], "max_spacing": entry["max_spacing"],
@@ -74,10 +68,6 @@ def member_report(path: Path, meta: dict[str, Any], name: str) -> dict[str, Any]
 def gate_report(path: Path, meta: dict[str, Any]) -> dict[str, Any]:
     """A moe bundle's gate: its config (threshold included), parameter count and weight file."""
     entry = dict(meta["gate"])
-    for key in ("weights", "threshold"):
-        if key not in entry:
-            raise BundleError("required field is missing", path=path / "bundle.json",
-                              field=f"gate.{key}")
     weights = weight_file(path, meta, entry.pop("weights"))
     return {**entry, "parameters": weights.pop("parameters"), "weights": weights}
 
@@ -91,8 +81,6 @@ def inspect_bundle(path: Union[str, os.PathLike]) -> dict[str, Any]:
     meta = read_manifest(path)
     kind = meta.get("kind", "student")
     members = {name: member_report(path, meta, name) for name in meta["members"]}
-    if kind == "moe":
-        check_shared_settings(meta["members"], path / "bundle.json")
     report = {"path": str(path), "kind": kind, "format_version": meta["format_version"],
               "labels": meta.get("labels", []), "members": members}
     if "gate" in meta:
@@ -103,8 +91,8 @@ def inspect_bundle(path: Union[str, os.PathLike]) -> dict[str, Any]:
 
 
 def check_weights(report: dict[str, Any]) -> None:
-    """Raise a :class:`BundleError` naming the first weight file of ``report`` that is missing or
-    does not match its sha256 in ``bundle.json``."""
+    """Raise a :class:`BundleError` naming the first weight file of ``report`` that is missing, does
+    not match its sha256 in ``bundle.json`` or has a header the safetensors format does not allow."""
     parts = [*report["members"].values(), *([report["gate"]] if "gate" in report else [])]
     for part in parts:
         weights = part["weights"]
@@ -116,6 +104,8 @@ def check_weights(report: dict[str, Any]) -> None:
         if weights["sha256"] == CHANGED:
             raise BundleError("sha256 does not match bundle.json: the file was changed or damaged",
                               path=where, field="sha256")
+        if weights["header"] != OK:
+            raise BundleError(weights["header"], path=where)
 
 
 def number(value: Any) -> str:

@@ -42,6 +42,7 @@ def run_import_nnunet(args: argparse.Namespace) -> int:
 
 def add_bundle_command(commands: argparse._SubParsersAction) -> None:
     """Add ``bundle`` (inspect, export, import-sam-med3d, import-nnunet) to the ``ka2er`` commands."""
+    from .cli import add_output_argument  # imports this module
     bundle = commands.add_parser(
         "bundle", help="inspect or export a model bundle; import third-party checkpoints",
         description="Work with model bundles (folders with bundle.json and .safetensors weights).")
@@ -64,7 +65,7 @@ def add_bundle_command(commands: argparse._SubParsersAction) -> None:
         "PATH. Its network_def instantiates the model through ka2er_core, which must be installed. "
         "The folder is written whole or not at all.")
     export.add_argument("path", type=Path, metavar="PATH", help="ka2er bundle folder")
-    export.add_argument("--monai", required=True, type=Path, metavar="OUT",
+    add_output_argument(export, "--monai", required=True, metavar="OUT",
                         help="MONAI Bundle folder to write")
     export.add_argument("--member", default=None,
                         help="member to export (default: the first, a moe bundle's general model)")
@@ -76,7 +77,7 @@ def add_bundle_command(commands: argparse._SubParsersAction) -> None:
         description="Convert a SAM-Med3D checkpoint (read with torch.load(weights_only=True)) into "
         "a ka2er promptable bundle at OUT.")
     sam.add_argument("checkpoint", type=Path, metavar="CHECKPOINT", help="SAM-Med3D .pth file")
-    sam.add_argument("--out", required=True, type=Path, help="bundle folder to write")
+    add_output_argument(sam, required=True, help="bundle folder to write")
     sam.set_defaults(run=run_import_sam_med3d)
 
     nnunet = actions.add_parser(
@@ -84,7 +85,7 @@ def add_bundle_command(commands: argparse._SubParsersAction) -> None:
         description="Convert a trained nnU-Net v2 model folder (one fold's checkpoint, read with "
         "torch.load(weights_only=True)) into a ka2er expert bundle at OUT.")
     nnunet.add_argument("folder", type=Path, metavar="FOLDER", help="nnU-Net v2 trained model folder")
-    nnunet.add_argument("--out", required=True, type=Path, help="bundle folder to write")
+    add_output_argument(nnunet, required=True, help="bundle folder to write")
     nnunet.add_argument("--fold", default="all", help="fold to import (default: all)")
     nnunet.add_argument("--checkpoint", default="checkpoint_final.pth",
                         help="checkpoint file in the fold folder (default: checkpoint_final.pth)")

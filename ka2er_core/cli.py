@@ -12,6 +12,7 @@ from typing import Callable, Optional, Sequence
 from . import __version__
 from .bundle_cli import add_bundle_command
 from .errors import Ka2erError
+from .io.atomic import check_output
 from .server.command import add_serve_command
 
 
@@ -24,6 +25,21 @@ def progress_printer(prefix: str) -> Callable[[str], None]:
               flush=True)
 
     return report
+
+
+def add_output_argument(parser: argparse.ArgumentParser, flag: str = "--out", *,
+                        folder: bool = True, **options) -> None:
+    """Add the option ``flag`` naming where the command writes (a ``folder``, or a file);
+    :func:`main` refuses it in one line, before the command does any work, if it cannot be written
+    (:func:`~ka2er_core.io.atomic.check_output`)."""
+    action = parser.add_argument(flag, type=Path, **options)
+    parser.set_defaults(outputs=[*(parser.get_default("outputs") or []), (action.dest, flag, folder)])
+
+
+def check_outputs(args: argparse.Namespace) -> None:
+    for dest, flag, folder in getattr(args, "outputs", None) or []:
+        if getattr(args, dest) is not None:
+            check_output(getattr(args, dest), field=flag, folder=folder)
 
 
 def positive_int(text: str) -> int:
@@ -250,7 +266,7 @@ def add_promptable_training_arguments(parser: argparse.ArgumentParser) -> None:
     """Options shared by the trainers of promptable models (train, amalgamate)."""
     parser.add_argument("--dataset", required=True, action="append", type=Path,
                         help="dataset folder (repeat for several tasks)")
-    parser.add_argument("--out", required=True, type=Path, help="bundle folder to write")
+    add_output_argument(parser, required=True, help="bundle folder to write")
     parser.add_argument("--init", type=Path, default=None,
                         help="start from this bundle's promptable model (fine-tuning) instead of "
                              "random weights")
@@ -282,7 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
     data = commands.add_parser("data", help="write a small sample dataset (nnU-Net v2 folders)",
                                description="Write one nnU-Net v2 dataset folder per sample task "
                                "(MNI152 pseudo-subjects and CT/MR phantoms) under --out.")
-    data.add_argument("--out", required=True, type=Path, help="folder to write into")
+    add_output_argument(data, required=True, help="folder to write into")
     data.add_argument("--train", type=positive_int, default=4, help="training cases per task (default 4)")
     data.add_argument("--test", type=positive_int, default=2, help="held-out cases per task (default 2)")
     data.add_argument("--unannotated", action="append", type=label_fraction, default=[],
@@ -336,7 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
         "OUT/checkpoint; runs under torchrun for several processes (DDP).")
     finetune.add_argument("--bundle", required=True, type=Path, help="general promptable bundle")
     finetune.add_argument("--dataset", required=True, type=Path, help="dataset folder of one task")
-    finetune.add_argument("--out", required=True, type=Path, help="bundle folder to write")
+    add_output_argument(finetune, required=True, help="bundle folder to write")
     finetune.add_argument("--steps", type=positive_int, default=500,
                           help="optimizer steps (default 500)")
     finetune.add_argument("--batch-size", type=positive_int, default=2,
@@ -360,7 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
     gate.add_argument("--dataset", required=True, action="append", type=Path,
                       help="dataset folder, at least 2 training cases (repeat; include the general "
                            "model's tasks so that the gate learns when to keep it)")
-    gate.add_argument("--out", required=True, type=Path, help="moe bundle folder to write")
+    add_output_argument(gate, required=True, help="moe bundle folder to write")
     gate.add_argument("--steps", type=positive_int, default=300, help="optimizer steps (default 300)")
     gate.add_argument("--batch-size", type=positive_int, default=2, help="crops per step and process")
     gate.add_argument("--reuse", type=positive_int, default=4,
@@ -391,7 +407,7 @@ def build_parser() -> argparse.ArgumentParser:
         "OUT/checkpoint; runs under torchrun for several processes (DDP).")
     expert.add_argument("--dataset", required=True, type=Path,
                         help="dataset folder of one task (nnU-Net v2 or MSD, one channel)")
-    expert.add_argument("--out", required=True, type=Path, help="bundle folder to write")
+    add_output_argument(expert, required=True, help="bundle folder to write")
     expert.add_argument("--steps", type=positive_int, default=1000,
                         help="optimizer steps (default 1000)")
     expert.add_argument("--batch-size", type=positive_int, default=2,
@@ -410,7 +426,7 @@ def build_parser() -> argparse.ArgumentParser:
         "map (.nii.gz, .nii, .nrrd; values 1..N in the expert's label order).")
     segment.add_argument("image", type=Path, metavar="IMAGE", help=".nrrd, .nii or .nii.gz")
     segment.add_argument("--bundle", required=True, type=Path, help="expert bundle folder")
-    segment.add_argument("--out", required=True, type=Path, help="output .seg.nrrd or .nii.gz")
+    add_output_argument(segment, folder=False, required=True, help="output .seg.nrrd or .nii.gz")
     segment.add_argument("--device", default="auto", help="auto, cpu or cuda")
     segment.set_defaults(run=run_segment)
 
@@ -440,8 +456,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--refine", action="store_true",
                           help="refine zoomed-out answers of large objects with base-spacing tiles "
                                "(sharper borders; one crop embedding per tile)")
-    evaluate.add_argument("--out", type=Path, default=Path("ka2er-evaluation"),
-                          help="folder for report.json and dice.png")
+    add_output_argument(evaluate, default=Path("ka2er-evaluation"),
+                        help="folder for report.json and dice.png")
     evaluate.set_defaults(run=run_evaluate)
 
     demo = commands.add_parser(
@@ -451,8 +467,8 @@ def build_parser() -> argparse.ArgumentParser:
         "MNI152 pseudo-subject (nilearn's template, no download); each prompt prints its Dice, "
         "latency and answering model. Writes the volume (.nrrd), result.seg.nrrd, "
         "reference.seg.nrrd, slice pictures, dice.png and report.json to --out.")
-    demo.add_argument("--out", type=Path, default=Path("ka2er-demo"),
-                      help="folder for the demo's files (default ./ka2er-demo)")
+    add_output_argument(demo, default=Path("ka2er-demo"),
+                        help="folder for the demo's files (default ./ka2er-demo)")
     demo.add_argument("--bundle", type=Path, default=None,
                       help="promptable bundle folder (default: the shipped demo bundle)")
     demo.add_argument("--device", default="auto", help="auto, cpu or cuda")
@@ -466,6 +482,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        check_outputs(args)
         return args.run(args)
     except Ka2erError as err:
         print(f"ka2er: error: {err}", file=sys.stderr)

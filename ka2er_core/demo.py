@@ -11,23 +11,37 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
 import numpy as np
 
-from .bundle import load_bundle
+from .bundle import Bundle, load_bundle
 from .data.mni import BRAIN_VALUES, MNI_LABELS, TEST_SEEDS, mni_subject
 from .evaluation.protocol import ProtocolRun, dice, run_protocol
 from .geometry import axis_aligned_matrix, canonical_grid, orientation_code, ras_to_ijk, resample
 from .inference import InteractiveSession, Result
 from .io import load_segmentation, load_volume, save_segmentation, save_volume
-from .io.atomic import atomic_write
+from .errors import UnwritableFileError
+from .io.atomic import atomic_write, check_output, folder_written_whole
 from .volume import Grid, Volume
 
 TARGETS = (("brain", "box", 3), ("white matter", "click", 5))
 """(target, first prompt, prompts). The white matter shares the brain's box, so it starts with a
 click (the protocol's first-prompt rule, :func:`~ka2er_core.training.clicks.first_prompts`)."""
+SEED = TEST_SEEDS[0]
+"""The held-out MNI152 pseudo-subject the demo segments (never used in training)."""
+IMAGE_FILE = f"mni_t1_{SEED}.nrrd"
+
+
+def picture_file(target: str) -> str:
+    return f"slices_{target.replace(' ', '_')}.png"
+
+
+FILES = (IMAGE_FILE, "result.seg.nrrd", "reference.seg.nrrd",
+         *(picture_file(target) for target, _, _ in TARGETS), "dice.png", "report.json")
+"""What the demo writes into its folder (and all that a folder it replaces may hold)."""
 COLORS = {"brain": (0.9, 0.8, 0.5), "white matter": (0.95, 0.95, 0.9), "grey matter": (0.6, 0.4, 0.4)}
 VIEWS = {"axial": (2, 0, 1), "coronal": (1, 0, 2), "sagittal": (0, 1, 2)}
 """Each view's RAS axes: normal, horizontal, vertical."""
@@ -67,17 +81,55 @@ class ShownSession:
         return result
 
 
+@dataclass
+class DemoRun:
+    """What the simulated clinician did and got on the held-out subject: each target's reference,
+    final mask, protocol run (Dice and latency per prompt) and prompts (kind and RAS mm)."""
+
+    bundle: str
+    device: str
+    subject: str
+    image: Volume
+    references: dict[str, np.ndarray]
+    masks: dict[str, np.ndarray]
+    runs: dict[str, ProtocolRun]
+    prompts: dict[str, list[tuple[str, np.ndarray]]]
+
+
 def run_demo(out: Path, progress: Callable[[str], None] = print, bundle: Optional[Path] = None,
              device: str = "auto") -> dict:
     """Run the demo with ``bundle`` (default: the shipped one), writing into ``out``; returns what it
-    measured (also written to ``out/report.json``)."""
+    measured (also written to ``out/report.json``). The files are written into a temporary sibling
+    folder that replaces ``out`` only once all of them are written: a failed demo leaves ``out`` as
+    it was. An existing ``out`` is replaced only if it holds nothing but an earlier demo's files."""
     start, out = time.perf_counter(), Path(out)
-    model = load_bundle(bundle)
+    check_replaceable(out)
+    demo = segment_subject(load_bundle(bundle), device, progress)
+    with folder_written_whole(out) as folder:
+        report = write_files(folder, demo, start)
+    print_summary(out, demo, report)
+    return report
+
+
+def check_replaceable(out: Path) -> None:
+    """Refuse, before the demo runs, an ``out`` that cannot be written or that holds anything but
+    files of an earlier demo (:data:`FILES`): replacing it would lose them."""
+    check_output(out, folder=True)
+    if not out.is_dir():
+        return
+    foreign = sorted(p.name for p in out.iterdir() if p.name not in FILES or not p.is_file())
+    if foreign:
+        raise UnwritableFileError(f"ka2er demo replaces its folder whole, and {foreign[0]!r} is not "
+                                  "a file it writes: choose another --out, or move it away",
+                                  path=out / foreign[0])
+
+
+def segment_subject(model: Bundle, device: str, progress: Callable[[str], None]) -> DemoRun:
+    """The simulated clinician's protocol (:data:`TARGETS`) on the held-out pseudo-subject."""
     session = InteractiveSession(model, device=device)
-    seed = TEST_SEEDS[0]
     progress(f"model {model.path} ({model.kind}, on {session.device}); making the held-out MNI152 "
-             f"pseudo-subject, seed {seed} (never used in training)")
-    subject = mni_subject(seed)
+             f"pseudo-subject, seed {SEED} (never used in training)")
+    subject = mni_subject(SEED)
     image, labels = subject.image, subject.label.array
     references = {"brain": np.isin(labels, BRAIN_VALUES),
                   "white matter": labels == MNI_LABELS["white matter"],
@@ -89,36 +141,52 @@ def run_demo(out: Path, progress: Callable[[str], None] = print, bundle: Optiona
         shown[target] = ShownSession(session, references[target], prompts, progress)
         runs[target] = run_protocol(shown[target], image, references[target], prompts, first,
                                     target=target)
-    masks = {target: session.targets[target].mask for target in runs}
+    return DemoRun(str(model.path), str(session.device), subject.name, image, references,
+                   {target: session.targets[target].mask for target in runs}, runs,
+                   {target: view.prompts for target, view in shown.items()})
 
-    out.mkdir(parents=True, exist_ok=True)
-    image_path = save_volume(out / f"mni_t1_{seed}.nrrd", image)
-    result_path = save_segmentation(out / "result.seg.nrrd", masks, reference=image, colors=COLORS)
-    save_segmentation(out / "reference.seg.nrrd", references, reference=image, colors=COLORS)
+
+def write_files(folder: Path, demo: DemoRun, start: float) -> dict:
+    """Write :data:`FILES` into ``folder``: the volume, the result and the reference as Slicer
+    segmentations (the result read back and compared), slice pictures, the Dice plot and
+    ``report.json``; returns the report."""
+    image = demo.image
+    image_path = save_volume(folder / IMAGE_FILE, image)
+    result_path = save_segmentation(folder / "result.seg.nrrd", demo.masks, reference=image,
+                                    colors=COLORS)
+    save_segmentation(folder / "reference.seg.nrrd", demo.references, reference=image, colors=COLORS)
     readback = load_segmentation(result_path).masks
     identical = (np.array_equal(load_volume(image_path).array, image.array)
-                 and all(np.array_equal(readback[name] > 0, mask > 0) for name, mask in masks.items()))
-    for target in runs:
-        draw_slices(out / f"slices_{target.replace(' ', '_')}.png", image, masks[target],
-                    references[target], target, shown[target].prompts, runs[target].dice[-1])
-    draw_dice(out / "dice.png", runs, seed)
-    report = {"subject": subject.name, "bundle": str(model.path), "device": str(session.device),
-              "targets": {target: {"first": first, **runs[target].to_dict(),
-                                   "ras": [ras.round(2).tolist() for _, ras in shown[target].prompts]}
+                 and all(np.array_equal(readback[name] > 0, mask > 0)
+                         for name, mask in demo.masks.items()))
+    for target, run in demo.runs.items():
+        draw_slices(folder / picture_file(target), image, demo.masks[target],
+                    demo.references[target], target, demo.prompts[target], run.dice[-1])
+    draw_dice(folder / "dice.png", demo.runs, SEED)
+    report = {"subject": demo.subject, "bundle": demo.bundle, "device": demo.device,
+              "targets": {target: {"first": first, **demo.runs[target].to_dict(),
+                                   "ras": [ras.round(2).tolist() for _, ras in demo.prompts[target]]}
                           for target, first, _ in TARGETS},
               "files_identical_after_readback": bool(identical),
               "seconds": round(time.perf_counter() - start, 1)}
-    with atomic_write(out / "report.json") as tmp:
+    with atomic_write(folder / "report.json") as tmp:
         tmp.write_text(json.dumps(report, indent=1) + "\n")
+    return report
 
-    click = shown["white matter"].prompts[-1][1][0]
+
+def print_summary(out: Path, demo: DemoRun, report: dict) -> None:
+    """What the demo measured, where its files are and how to open them in 3D Slicer or serve the
+    model to the Slicer module."""
+    image, runs = demo.image, demo.runs
+    image_path, result_path = out / IMAGE_FILE, out / "result.seg.nrrd"
+    click = demo.prompts["white matter"][-1][1][0]
     voxel = ras_to_ijk(click, image.ijk_to_ras)
     latencies = [ms for run in runs.values() for ms in run.latency_ms]
     print("; ".join(f"{target}: Dice {run.dice[-1]:.3f} after {len(run.dice)} prompts"
                     for target, run in runs.items()) + f"; median latency {np.median(latencies):.0f} ms")
     print(f"volume {' x '.join(map(str, image.shape[::-1]))} voxels of "
           f"{' x '.join(f'{s:g}' for s in image.spacing)} mm, {orientation_code(image.ijk_to_ras)}; "
-          f"files read back identical: {identical}")
+          f"files read back identical: {report['files_identical_after_readback']}")
     print(f"last click RAS {click.round(1).tolist()} mm = voxel (i, j, k) {voxel.round(1).tolist()}")
     print(f"wrote to {out.resolve()}: {image_path.name} (the volume), result.seg.nrrd (the demo's "
           "segments),\n  reference.seg.nrrd, slices_brain.png, slices_white_matter.png, dice.png, "
@@ -134,7 +202,6 @@ def run_demo(out: Path, progress: Callable[[str], None] = print, bundle: Optiona
     print("  ka2er serve --token-file TOKEN --host 0.0.0.0 --port 8000")
     print('  then in the module choose "server", enter http://HOST:8000 (HOST: this machine\'s '
           "address)\n  and the token from the file TOKEN")
-    return report
 
 
 def plane_through(canvas: Grid, normal: int, ras: np.ndarray) -> Grid:

@@ -56,3 +56,8 @@ class DatasetError(Ka2erError):
 
 class PromptError(Ka2erError):
     """A prompt (point or box) is malformed or lies outside the image."""
+
+
+class UnwritableFileError(Ka2erError, OSError):
+    """An output cannot be written: no space left, no permission, or a file where a folder must be
+    (or a folder where a file must be). Also an :class:`OSError`, as the failure it reports."""

@@ -9,11 +9,9 @@ build it as the bundle loader does, so ``ka2er_core`` must be importable), ``mod
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -27,6 +25,7 @@ from .. import __version__
 from ..bundle import (EXPERT, Bundle, Expert, Member, Segmenter, build_module, load_bundle,
                       member_architecture)
 from ..errors import Ka2erError
+from ..io.atomic import current_umask, folder_written_whole
 from ..modeling import ExpertPlan, PromptableSegmenter, TaskExpert
 from ..modeling.sam_med3d import TYPE as SAM_MED3D, SamMed3D
 from ..modeling.prompt_encoder import (BOX_HIGH, BOX_LOW, FLAT_BOX_HIGH, FLAT_BOX_LOW, NEGATIVE, PAD,
@@ -228,36 +227,6 @@ def inference_config(member: Member) -> dict[str, Any]:
 
 LOAD_WEIGHTS = "$@network.load_state_dict(torch.load(@ckpt_path, map_location=@device, weights_only=True))"
 """MONAI's initialize step: the exported state dict, read without unpickling arbitrary objects."""
-
-
-def current_umask() -> int:
-    umask = os.umask(0)
-    os.umask(umask)
-    return umask
-
-
-@contextlib.contextmanager
-def folder_written_whole(out: Path):
-    """Yield an empty temporary sibling folder of ``out``; on success it becomes ``out`` (replacing
-    an existing folder), on failure it is removed and ``out`` is untouched."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    os.chmod(staging, 0o777 & ~current_umask())  # mkdtemp makes it private
-    previous = staging.with_suffix(".old")
-    try:
-        yield staging
-        if out.exists():
-            os.rename(out, previous)
-        try:
-            os.rename(staging, out)
-        except OSError:
-            if previous.exists():
-                os.rename(previous, out)
-            raise
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    shutil.rmtree(previous, ignore_errors=True)
 
 
 def export_monai_bundle(bundle: Union[str, os.PathLike], out: Union[str, os.PathLike], *,

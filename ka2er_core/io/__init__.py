@@ -32,17 +32,28 @@ def _suffix(path: Path, allowed: Sequence[str]) -> str:
     return suffix
 
 
+def check_real(array: np.ndarray, path: Path) -> None:
+    """Voxels must be booleans, integers or reals: complex (MR raw data, say) or compound (RGB)
+    voxels are refused, naming the file and the type."""
+    if array.dtype.kind not in "biuf":
+        raise UnreadableFileError(f"{array.dtype} voxels are not supported; expected integer or "
+                                  "real intensities (take the magnitude of complex data first)",
+                                  path=path, field="dtype")
+
+
 def load_volume(path: PathLike) -> Volume:
     """Read a 3D volume: NRRD (space LPS/RAS/LAS, gzip or raw), NIfTI, or ``.seg.nrrd`` as a label map.
 
     Raises a :class:`~ka2er_core.errors.Ka2erError` subclass naming the file and field for unreadable
-    or truncated files, non-3D images, NaN/Inf voxels, bad spacing or a singular direction matrix.
+    or truncated files, non-3D images, complex voxels, NaN/Inf voxels, bad spacing or a singular
+    direction matrix.
     """
     path = Path(path)
     suffix = _suffix(path, VOLUME_SUFFIXES)
     if suffix == ".seg.nrrd":
         return read_seg_nrrd(path).to_label_map(path)
     array, ijk_to_ras = load_nifti(path) if suffix.startswith(".nii") else load_nrrd(path)
+    check_real(array, path)
     check_finite(array, path=path)
     return Volume(array, ijk_to_ras, {}, str(path))
 

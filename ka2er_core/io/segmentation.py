@@ -70,7 +70,7 @@ def read_seg_nrrd(path: Path) -> Segmentation:
     else:
         raise UnreadableFileError(f"expected 3 or 4 dimensions, got {array.ndim}", path=path,
                                   field="dimension")
-    masks, colors, values = {}, {}, {}
+    masks, colors, values, numbered = {}, {}, {}, {}
     for n in numbers:
         field = f"Segment{n}_"
         try:
@@ -81,6 +81,12 @@ def read_seg_nrrd(path: Path) -> Segmentation:
         except (KeyError, ValueError) as err:
             raise UnreadableFileError(f"malformed segment fields ({err})", path=path,
                                       field=field + "*") from None
+        if name in numbered:  # masks are kept by name: merging two would lose one's voxels
+            raise UnreadableFileError(
+                f"segments {numbered[name]} and {n} are both named {name!r}; rename one (in "
+                "Slicer's Segment Editor) so that each name is one segment", path=path,
+                field=field + "Name")
+        numbered[name] = n
         if not 0 <= layer < layers.shape[0]:
             raise UnreadableFileError(f"layer {layer} not in file with {layers.shape[0]} layers",
                                       path=path, field=field + "Layer")

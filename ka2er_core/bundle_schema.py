@@ -120,7 +120,7 @@ class Fields:
 
     def integers(self, value: Any, field: str, *, low: int = 1, high: Optional[int] = None,
                  empty: bool = False) -> list[int]:
-        if not isinstance(value, list) or not (value or empty):
+        if not isinstance(value, (list, tuple)) or not (value or empty):  # tuples: entries in memory
             self.fail(field, f"expected a{'' if empty else ' non-empty'} list of integers, found "
                              f"{value!r:.60}")
         for index, item in enumerate(value):

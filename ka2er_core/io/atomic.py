@@ -131,7 +131,8 @@ def in_place_of(path: Path, staging: Path, out: Path) -> Path:
 def folder_written_whole(out: os.PathLike | str):
     """Yield an empty temporary sibling folder of ``out``; on success it becomes ``out`` (replacing
     an existing folder), on failure it is removed and ``out`` is untouched. A failure of the file
-    system becomes :class:`~ka2er_core.errors.UnwritableFileError` naming ``out``."""
+    system becomes :class:`~ka2er_core.errors.UnwritableFileError` naming the file under ``out``
+    that was being written (or ``out`` itself when that is not known)."""
     out = Path(out)
     created: list[Path] = []
     try:

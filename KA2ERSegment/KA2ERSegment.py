@@ -1,9 +1,9 @@
 """KA2ER Segment: interactive prompt-based 3D segmentation in 3D Slicer.
 
-Module / Widget / Logic / Test, as in Slicer's scripted-module template. The Logic turns markups into
-world RAS prompts, hands them to the engine (``ka2er_core.InteractiveSession``, or a
-``RemoteSession`` on a server) on one worker thread, and writes only the changed region of the mask
-into the target segment. The engine never sees Slicer; the Logic never touches the GUI.
+Module / Widget / Logic / Test and the parameter node, as in Slicer's scripted-module template. The
+Logic turns markups into world RAS prompts, hands them to the engine (``ka2er_core.InteractiveSession``,
+or a ``RemoteSession`` on a server) on one worker thread, and writes only the changed region of the
+mask into the target segment. The engine never sees Slicer; the Logic never touches the GUI.
 """
 
 from __future__ import annotations
@@ -11,27 +11,35 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 import qt
+import vtk
 
 import slicer
+from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
+from slicer.parameterNodeWrapper import Choice, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
                                            ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
 from slicer.util import VTKObservationMixin
 
+from KA2ERSegmentLib.choices import (AUTO, DEVICES, PROMPT_NODES, ModelSource, PromptKind,
+                                     source_kind)
 from KA2ERSegmentLib.dependencies import DependencyInstaller
-from KA2ERSegmentLib.geometry import SceneError, box_world, engine_volume, point_world
+from KA2ERSegmentLib.errors import SceneError, describe
+from KA2ERSegmentLib.geometry import box_world, engine_volume, point_world
 from KA2ERSegmentLib.segments import read_segment, write_region
+from KA2ERSegmentLib.targets import TargetSync, seed_target
 from KA2ERSegmentLib.worker import Job, Worker
 
 CHECKOUT = Path(__file__).resolve().parents[1]
 if (CHECKOUT / "ka2er_core").is_dir() and str(CHECKOUT) not in sys.path:
     sys.path.append(str(CHECKOUT))  # run from a source checkout: the engine sits beside the module
 
-SHORTCUTS = {"A": "positive point", "S": "negative point", "D": "box", "Z": "undo", "R": "reset",
-             "N": "next segment"}
-POSITIVE_NODE, NEGATIVE_NODE, BOX_NODE = "KA2ER +", "KA2ER -", "KA2ER box"
+PLACE_KEYS = {"A": PromptKind.POSITIVE_POINT, "S": PromptKind.NEGATIVE_POINT, "D": PromptKind.BOX}
+ACTION_KEYS = {"Z": "undo", "R": "reset", "N": "next segment"}
+SHORTCUTS = {**{key: kind.value for key, kind in PLACE_KEYS.items()}, **ACTION_KEYS}
 
 
 class KA2ERSegment(ScriptedLoadableModule):
@@ -50,6 +58,29 @@ class KA2ERSegment(ScriptedLoadableModule):
             "is for trying the workflow, not for clinical use.")
 
 
+# ---- Parameter node ----------------------------------------------------------------------------
+
+
+@parameterNodeWrapper
+class KA2ERSegmentParameterNode:
+    """The module's choices, kept in the scene: saved with it, restored when it is loaded.
+
+    volume - the CT or MR volume to segment.
+    segmentation, segmentId - where the mask goes ("": no target segment yet).
+    source - the model: "" for the shipped one, a bundle folder, or a server URL (a server's token is
+        not kept: a saved scene must not carry it).
+    device - where a local model runs (auto: CUDA when available).
+    member - which member of a mixture-of-experts bundle answers (auto: its gate decides).
+    """
+
+    volume: vtkMRMLScalarVolumeNode
+    segmentation: vtkMRMLSegmentationNode
+    segmentId: str = ""
+    source: str = ""
+    device: Annotated[str, Choice(DEVICES)] = AUTO
+    member: str = AUTO
+
+
 # ---- Logic -------------------------------------------------------------------------------------
 
 
@@ -60,19 +91,13 @@ def install_torch() -> bool:
     return PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=False) is not None
 
 
-def describe(error: BaseException, device: str = "") -> str:
-    """One clear line for the status bar and the error dialog."""
-    if isinstance(error, MemoryError) or "out of memory" in str(error).lower():
-        return (f"out of memory{' on ' + device if device else ''}: choose device cpu, crop the "
-                "volume, or close other programs")
-    if isinstance(error, ConnectionError):
-        return f"server unreachable: {error}"
-    return str(error) or type(error).__name__
-
-
-class KA2ERSegmentLogic(ScriptedLoadableModuleLogic):
+class KA2ERSegmentLogic(ScriptedLoadableModuleLogic, VTKObservationMixin):
     """Scene-side work, free of GUI: prompts from markups, engine calls on the worker thread, changed
     regions written into the target segment.
+
+    The choices live in the parameter node. Before each prompt the session is brought in step with
+    them and with the target segment, which may have been edited outside the module since (then the
+    session starts again from it). Closing the scene drops the session and every node of that scene.
 
     Callbacks (set by the Widget, or a test): ``onResult(segmentId, result)``, ``onError(text)``.
     Every public call returns at once; :meth:`Worker.deliver` (a GUI timer) applies the results.
@@ -80,29 +105,72 @@ class KA2ERSegmentLogic(ScriptedLoadableModuleLogic):
 
     def __init__(self):
         ScriptedLoadableModuleLogic.__init__(self)
+        VTKObservationMixin.__init__(self)
         self.worker = Worker()
         self.session = None  # used on the worker thread only
-        self.device = "auto"
-        self.volumeNode = None
-        self.volume = None  # the engine's view of the volume node's voxels
-        self.segmentationNode = None
-        self.segmentId = None
+        self.parameterNode = self.getParameterNode()
+        self.imageNode = None
+        """The volume node whose voxels the session was given (the parameter node may name another
+        one since: the session follows before the next prompt)."""
+        self.volume = None  # the engine's view of imageNode's voxels
+        self.targetSync = TargetSync()
+        self.observedSegmentation = None
+        self.writesPending = 0
+        """Jobs submitted whose results are still to be written into a segment."""
         self.undoMarks: dict[str, list] = {}  # segment id -> markups node (or None) per prompt
         self.onResult = None
         self.onError = None
-        self.installer = DependencyInstaller(slicer.util.confirmOkCancelDisplay,
-                                             slicer.util.pip_install, install_torch)
         self.lastSceneMs = {"prompt": 0.0, "write": 0.0}
         """Slicer-side time of the last prompt: markup to RAS, and the segment write (ms)."""
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+
+    def getParameterNode(self):
+        return KA2ERSegmentParameterNode(super().getParameterNode())
+
+    def cleanup(self) -> None:
+        """The module is unloaded: stop observing and stop the worker."""
+        self.removeObservers()
+        self.worker.stop()
+
+    # -- choices, as the parameter node keeps them --
+
+    @property
+    def volumeNode(self):
+        return self.parameterNode.volume
+
+    @property
+    def segmentationNode(self):
+        return self.parameterNode.segmentation
+
+    @segmentationNode.setter
+    def segmentationNode(self, segmentationNode):
+        """Another segmentation has other segments: no target is chosen in it yet."""
+        if segmentationNode is not self.parameterNode.segmentation:
+            self.parameterNode.segmentation = segmentationNode
+            self.parameterNode.segmentId = ""
+
+    @property
+    def segmentId(self):
+        return self.parameterNode.segmentId or None
 
     # -- model and inputs --
 
-    def loadModel(self, source: str = "", token: str = "", device: str = "auto") -> None:
-        """``source``: "" for the shipped demo model, a bundle folder, or a server URL."""
-        self.device = device
+    def loadModel(self, source: str = "", token: str = "", device: str = AUTO) -> None:
+        """``source``: "" for the shipped demo model, a bundle folder, or a server URL. Source and
+        device are kept in the parameter node (the token is not); the member chosen before answers
+        again if the new model has it."""
+        parameters = self.parameterNode
+        parameters.source, parameters.device = source, device
+        member = parameters.member
+        volume = None
+        if self.volumeNode is not None:
+            self._takeImage()
+            volume = self.volume
+        self.targetSync.forget()  # the new session has no targets yet
 
         def run():
-            if source.startswith(("http://", "https://")):
+            if source_kind(source) is ModelSource.SERVER:
                 try:
                     from ka2er_core.server.client import RemoteSession
                 except ImportError:
@@ -115,68 +183,60 @@ class KA2ERSegmentLogic(ScriptedLoadableModuleLogic):
                 session = InteractiveSession(load_bundle(source or None), device=device)
             if volume is not None:
                 session.set_image(volume)
-                if target is not None:
-                    target(session)
-            self.session = session
+            if member != AUTO and member in session.members:
+                session.pin(member)
+            self._replaceSession(session)
             return session.members
 
-        volume = self.volume
-        target = None if self.segmentId is None else self._targetJob(self.segmentId)
-        self._submit("loading model", run)
+        def done(members):
+            if member != AUTO and member not in members:
+                self.parameterNode.member = AUTO
+
+        self.worker.submit(Job("loading model", run, done, self._report))
 
     def setMember(self, member: str) -> None:
-        """Pin a member of a mixture-of-experts bundle ("auto": the bundle decides)."""
-        self._submit("choosing model", lambda: self.session.pin(None if member == "auto" else member))
+        """Pin a member of a mixture-of-experts bundle (AUTO: the bundle decides)."""
+        self.parameterNode.member = member
+        self._submit("choosing model", lambda: self._session().pin(None if member == AUTO else member))
 
     def setVolume(self, volumeNode) -> None:
-        """Segment ``volumeNode`` from now on (the engine is told once a model is loaded)."""
-        volume = engine_volume(volumeNode)  # a view of the node's voxels, not a copy
-        self.volumeNode, self.volume = volumeNode, volume
-        self.segmentationNode, self.segmentId = None, None
-        self.undoMarks.clear()
-        if self.session is not None or self.worker.pending:
-            self._submit("reading image", lambda: self.session and self.session.set_image(volume))
+        """Segment ``volumeNode`` from now on; another volume than before starts without a
+        segmentation or target. The engine is given the image now if a model is loaded."""
+        engine_volume(volumeNode)  # a volume the engine cannot take is refused before it is kept
+        if volumeNode is not self.volumeNode:
+            self.parameterNode.volume = volumeNode
+            self.segmentationNode = None
+        self._followVolume()
 
     def ensureSegmentation(self, segmentationNode=None):
         """The segmentation to write into, created on demand, referencing the volume's geometry and
         under the same parent transform."""
-        if self.volumeNode is None:
+        volumeNode = self.volumeNode
+        if volumeNode is None:
             raise SceneError("no volume selected: pick a volume under Inputs first")
         if segmentationNode is None:
             segmentationNode = slicer.mrmlScene.AddNewNodeByClass(
-                "vtkMRMLSegmentationNode", f"{self.volumeNode.GetName()} segmentation")
+                "vtkMRMLSegmentationNode", f"{volumeNode.GetName()} segmentation")
             segmentationNode.CreateDefaultDisplayNodes()
         # Transform first: the reference grid is recorded in the segmentation's own coordinates.
-        segmentationNode.SetAndObserveTransformNodeID(self.volumeNode.GetTransformNodeID())
-        segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(self.volumeNode)
+        segmentationNode.SetAndObserveTransformNodeID(volumeNode.GetTransformNodeID())
+        segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(volumeNode)
         self.segmentationNode = segmentationNode
         return segmentationNode
 
     def setTarget(self, segmentId: str = "") -> str:
-        """Make a segment the target ("" adds a new one). An existing segment's mask seeds the
-        session, so that clicks correct it instead of starting over."""
+        """Make a segment the target ("" adds a new one). The session starts from the segment's
+        content (unless it holds it already, undo history and all), so clicks correct it."""
         segmentation = self.ensureSegmentation(self.segmentationNode).GetSegmentation()
         if not segmentId:
             name = f"Segment_{segmentation.GetNumberOfSegments() + 1}"
             segmentId = segmentation.AddEmptySegment("", name)
         elif segmentation.GetSegment(segmentId) is None:
             raise SceneError(f"segment {segmentId!r} is not in {self.segmentationNode.GetName()}")
-        self.segmentId = segmentId
-        target = self._targetJob(segmentId)
-        self._submit("choosing segment", lambda: target(self._session()))
+        self.parameterNode.segmentId = segmentId
+        if self._sessionExpected():  # read and seed now, not at the first click
+            self._edit("choosing segment", lambda session: None, None, self._report)
         return segmentId
-
-    def _targetJob(self, segmentId: str):
-        """What the worker does to make ``segmentId`` the session's target, seeded with the
-        segment's current content (read now, on the GUI thread)."""
-        existing = read_segment(self.segmentationNode, segmentId, self.volumeNode)
-
-        def run(session):
-            session.set_target(segmentId)
-            if existing.any() and session.undo_depth == 0:
-                session.set_mask(existing)
-
-        return run
 
     # -- prompts --
 
@@ -201,53 +261,72 @@ class KA2ERSegmentLogic(ScriptedLoadableModuleLogic):
 
     def undo(self) -> None:
         """Undo the last prompt of the target: the segment and the markups go back one step."""
-        def run():
-            region = self._session().undo()
-            return region, None if region is None else self.session.mask[region].copy()
 
-        def done(value):
+        def change(session):
+            region = session.undo()
+            return region, changedValues(session, region)
+
+        def apply(segmentId, write, value):
             region, values = value
-            if region is not None:
-                self._write(region, values)
-                marks = self.undoMarks.get(segmentId, [])
-                node = marks.pop() if marks else None
-                if node is not None and node.GetNumberOfControlPoints():
-                    node.RemoveNthControlPoint(node.GetNumberOfControlPoints() - 1)
+            if region is None:
+                return
+            write(region, values)
+            marks = self.undoMarks.get(segmentId, [])
+            node = marks.pop() if marks else None
+            if node is not None and node.GetNumberOfControlPoints():
+                node.RemoveNthControlPoint(node.GetNumberOfControlPoints() - 1)
 
-        segmentId = self._requireTarget()
-        self.worker.submit(Job("undo", run, done, self._report))
+        self._edit("undo", change, apply, self._report)
 
     def reset(self) -> None:
         """Clear the target segment and its prompts."""
         from ka2er_core.geometry import foreground_bounds
 
-        def run():
-            session = self._session()
+        def change(session):
             bounds = foreground_bounds(session.mask)
             session.reset()
             if bounds is None:
                 return None
             return tuple(slice(int(lo), int(hi) + 1) for lo, hi in zip(*bounds))
 
-        def done(region):
+        def apply(segmentId, write, region):
             if region is not None:
-                self._write(region, np.zeros([s.stop - s.start for s in region], np.uint8))
+                write(region, np.zeros([s.stop - s.start for s in region], np.uint8))
             for node in set(self.undoMarks.pop(segmentId, [])) - {None}:
                 node.RemoveAllControlPoints()
 
-        segmentId = self._requireTarget()
-        self.worker.submit(Job("reset", run, done, self._report))
+        self._edit("reset", change, apply, self._report)
+
+    def promptNode(self, kind: PromptKind):
+        """The markups node prompts of ``kind`` are placed with (added to the scene if missing)."""
+        className, name, _ = PROMPT_NODES[kind]
+        node = slicer.mrmlScene.GetFirstNodeByName(name)
+        return node if node is not None else slicer.mrmlScene.AddNewNodeByClass(className, name)
 
     def promptNodes(self):
-        """The positive and negative point lists and the box the module places prompts with."""
-        found = []
-        for className, name in (("vtkMRMLMarkupsFiducialNode", POSITIVE_NODE),
-                                ("vtkMRMLMarkupsFiducialNode", NEGATIVE_NODE),
-                                ("vtkMRMLMarkupsROINode", BOX_NODE)):
-            node = slicer.mrmlScene.GetFirstNodeByName(name)
-            found.append(node if node is not None else
-                         slicer.mrmlScene.AddNewNodeByClass(className, name))
-        return tuple(found)
+        """The positive and negative point lists and the box, in :class:`PromptKind` order."""
+        return tuple(self.promptNode(kind) for kind in PromptKind)
+
+    # -- scene events --
+
+    def onSceneStartClose(self, caller, event) -> None:
+        """The scene is closing: what was queued for it never runs or writes, the session (it views
+        the closing volume) is let go, and no node of the closing scene is kept."""
+        self.worker.discard()
+        self.worker.submit(Job("closing session", lambda: self._replaceSession(None)))
+        self.writesPending = 0
+        self.imageNode = self.volume = None
+        self._observeSegmentation(None)
+        self.undoMarks.clear()
+
+    def onSceneEndClose(self, caller, event) -> None:
+        """The new, empty scene has a parameter node of its own (Slicer reset the old one)."""
+        self.parameterNode = self.getParameterNode()
+
+    def onSegmentationEdited(self, caller, event) -> None:
+        """A segment of the target's segmentation changed; unless this module wrote it, the target
+        is read again before the next prompt."""
+        self.targetSync.segmentation_changed()
 
     # -- internals --
 
@@ -256,44 +335,144 @@ class KA2ERSegmentLogic(ScriptedLoadableModuleLogic):
             raise RuntimeError("no model loaded: press Load model")
         return self.session
 
+    def _sessionExpected(self) -> bool:
+        """A model is loaded, or work that may load one is queued."""
+        return self.session is not None or self.worker.pending > 0
+
+    def _replaceSession(self, session) -> None:
+        """On the worker thread: use ``session`` from now on and close the one it replaces (a
+        server's session is ended there instead of waiting to expire)."""
+        previous, self.session = self.session, session
+        close = getattr(previous, "close", None)
+        if close is not None:
+            close()
+
     def _requireTarget(self) -> str:
-        if self.segmentId is None:
+        segmentId, segmentationNode = self.segmentId, self.segmentationNode
+        if segmentId is None or segmentationNode is None:
             raise SceneError("no target segment: pick or add a segment under Inputs")
-        return self.segmentId
+        if segmentationNode.GetSegmentation().GetSegment(segmentId) is None:
+            raise SceneError(f"segment {segmentId!r} is no longer in {segmentationNode.GetName()}: "
+                             "pick or add a segment under Inputs")
+        return segmentId
+
+    def _takeImage(self) -> bool:
+        """Point the engine's view at the parameter node's volume; True if it is another one."""
+        volumeNode = self.volumeNode
+        if volumeNode is not None and volumeNode is self.imageNode:
+            return False
+        self.volume = engine_volume(volumeNode)  # a view of the node's voxels, not a copy
+        self.imageNode = volumeNode
+        self.undoMarks.clear()
+        self.targetSync.forget()
+        return True
+
+    def _followVolume(self) -> None:
+        """Give the session the parameter node's volume if it has another one."""
+        if self._takeImage() and self._sessionExpected():
+            volume = self.volume
+            self._submit("reading image",
+                         lambda: self.session is not None and self.session.set_image(volume))
+
+    def _observeSegmentation(self, segmentationNode) -> None:
+        """Watch ``segmentationNode``'s segments for changes made outside the module."""
+        if segmentationNode is self.observedSegmentation:
+            return
+        event = slicer.vtkSegmentation.SourceRepresentationModified
+        if self.observedSegmentation is not None:
+            self.removeObserver(self.observedSegmentation, event, self.onSegmentationEdited)
+        self.observedSegmentation = segmentationNode
+        self.targetSync.forget()
+        if segmentationNode is not None:
+            self.addObserver(segmentationNode, event, self.onSegmentationEdited)
+
+    def _targetInStep(self):
+        """What an edit's job does first, on the worker: make the target segment the session's
+        target, started again from the segment's content if something other than this module
+        changed it (or the session never saw it). Also gives the session the parameter node's
+        volume if it changed. The segment is read here, on the GUI thread."""
+        segmentId = self._requireTarget()
+        self._followVolume()
+        self._observeSegmentation(self.segmentationNode)
+        if self.targetSync.in_step(segmentId):
+            return lambda session: session.set_target(segmentId)
+        if self.writesPending:  # results already asked for go into the segment before it is read
+            self.worker.wait()
+        content = read_segment(self.segmentationNode, segmentId, self.imageNode)
+        self.targetSync.mirror(segmentId)
+        return lambda session: seed_target(session, segmentId, content)
+
+    def _regionWriter(self):
+        """A function writing a changed region into the target segment as it is now. The module's
+        own writes are not outside edits."""
+        segmentationNode, segmentId, imageNode = self.segmentationNode, self.segmentId, self.imageNode
+
+        def write(region, values):
+            start = time.perf_counter()
+            with self.targetSync.own_write():
+                write_region(segmentationNode, segmentId, imageNode, region, values)
+            self.lastSceneMs["write"] = (time.perf_counter() - start) * 1000
+
+        return write
 
     def _submit(self, name: str, run) -> None:
         self.worker.submit(Job(name, run, None, self._report))
 
-    def _prompt(self, kind: str, call, markupsNode, failed) -> None:
-        segmentId = self._requireTarget()
+    def _edit(self, name: str, change, apply, failed) -> None:
+        """Submit an edit of the target: ``change(session)`` runs on the worker once the session is
+        in step with the target segment; ``apply(segmentId, write, value)`` then writes what changed
+        with ``write(region, values)`` into that segment (the target when the edit was asked for).
+        Until then the segment lags the session; if the edit or the write fails, the session may be
+        ahead of it, so the segment is read again before the next edit."""
+        inStep, segmentId, write = self._targetInStep(), self.segmentId, self._regionWriter()
+        self.writesPending += 1
 
         def run():
-            result = call(self._session())
-            values = None if result.region is None else self.session.mask[result.region].copy()
-            return result, values
+            session = self._session()
+            inStep(session)
+            return change(session)
 
-        def done(value):
+        def fail(error):
+            self.targetSync.forget()
+            failed(error)
+
+        def written(value):
+            self.writesPending -= 1
+            try:
+                if apply is not None:
+                    apply(segmentId, write, value)
+            except Exception as error:  # shown as one message, not a traceback in the timer
+                fail(error)
+
+        def notWritten(error):
+            self.writesPending -= 1
+            fail(error)
+
+        self.worker.submit(Job(name, run, written, notWritten))
+
+    def _prompt(self, kind: str, call, markupsNode, failed) -> None:
+        def change(session):
+            result = call(session)
+            return result, changedValues(session, result.region)
+
+        def apply(segmentId, write, value):
             result, values = value
             if result.region is not None:
-                try:
-                    self._write(result.region, values)
-                except Exception as error:  # shown as one message, not a traceback in the timer
-                    failed(error)
-                    return
+                write(result.region, values)
             self.undoMarks.setdefault(segmentId, []).append(markupsNode)
             if self.onResult is not None:
                 self.onResult(segmentId, result)
 
-        self.worker.submit(Job(kind, run, done, failed))
-
-    def _write(self, region, values) -> None:
-        start = time.perf_counter()
-        write_region(self.segmentationNode, self.segmentId, self.volumeNode, region, values)
-        self.lastSceneMs["write"] = (time.perf_counter() - start) * 1000
+        self._edit(kind, change, apply, failed)
 
     def _report(self, error: BaseException) -> None:
         if self.onError is not None:
-            self.onError(describe(error, self.device))
+            self.onError(describe(error, self.parameterNode.device))
+
+
+def changedValues(session, region):
+    """On the worker: a copy of the session's mask over ``region`` (None for no region)."""
+    return None if region is None else session.mask[region].copy()
 
 
 # ---- Widget ------------------------------------------------------------------------------------
@@ -301,14 +480,20 @@ class KA2ERSegmentLogic(ScriptedLoadableModuleLogic):
 
 class KA2ERSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     """The panel: inputs, model, prompt buttons with shortcuts, status. Placing a control point of
-    the positive or negative list, or finishing the box, runs a prediction."""
+    the positive or negative list, or finishing the box, runs a prediction. The inputs, device and
+    member show the parameter node; the model source is kept in it when a model is loaded."""
 
     def __init__(self, parent=None):
         ScriptedLoadableModuleWidget.__init__(self, parent)
         VTKObservationMixin.__init__(self)
         self.logic = None
+        self.installer = None
         self.timer = None
         self.shortcuts = []
+        self.placeButtons = {}
+        self.shownSource = None  # the source the model fields were last set from
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
 
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
@@ -320,8 +505,13 @@ class KA2ERSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic = KA2ERSegmentLogic()
         self.logic.onResult = self.onResult
         self.logic.onError = self.onError
+        self.installer = DependencyInstaller(slicer.util.confirmOkCancelDisplay,
+                                             slicer.util.pip_install, install_torch)
         self.ui.shortcutsLabel.text = "Shortcuts: " + ", ".join(
             f"<b>{key}</b> {action}" for key, action in SHORTCUTS.items())
+
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
 
         self.ui.loadModelButton.connect("clicked()", self.onLoadModel)
         self.ui.modelSourceComboBox.connect("currentIndexChanged(int)", self.updateModelFields)
@@ -330,40 +520,33 @@ class KA2ERSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.segmentationSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onSegmentation)
         self.ui.segmentComboBox.connect("activated(int)", self.onSegmentChosen)
         self.ui.newSegmentButton.connect("clicked()", lambda: self.chooseTarget(""))
-        self.ui.positivePointButton.connect("toggled(bool)", lambda on: self.place(on, 0))
-        self.ui.negativePointButton.connect("toggled(bool)", lambda on: self.place(on, 1))
-        self.ui.boxButton.connect("toggled(bool)", lambda on: self.place(on, 2))
+        self.placeButtons = {PromptKind.POSITIVE_POINT: self.ui.positivePointButton,
+                             PromptKind.NEGATIVE_POINT: self.ui.negativePointButton,
+                             PromptKind.BOX: self.ui.boxButton}
+        for kind, button in self.placeButtons.items():
+            button.connect("toggled(bool)", lambda on, kind=kind: self.place(on, kind))
         self.ui.undoButton.connect("clicked()", lambda: self.guarded(self.logic.undo))
         self.ui.resetButton.connect("clicked()", lambda: self.guarded(self.logic.reset))
         self.ui.nextSegmentButton.connect("clicked()", lambda: self.chooseTarget(""))
         self.updateModelFields()
-
-        positive, negative, box = self.logic.promptNodes()
-        for node, color in ((positive, (0.2, 0.9, 0.2)), (negative, (0.95, 0.2, 0.2)),
-                            (box, (0.9, 0.8, 0.1))):
-            node.CreateDefaultDisplayNodes()
-            node.GetDisplayNode().SetSelectedColor(*color)
-        self.addObserver(positive, positive.PointPositionDefinedEvent, self.onPositivePoint)
-        self.addObserver(negative, negative.PointPositionDefinedEvent, self.onNegativePoint)
-        self.addObserver(box, box.PointPositionDefinedEvent, self.onBox)
-        self.addObserver(box, box.PointEndInteractionEvent, self.onBox)
+        self.observePromptNodes()
 
         self.timer = qt.QTimer()
         self.timer.setInterval(30)
         self.timer.connect("timeout()", self.poll)
         self.timer.start()
-        buttons = {"A": self.ui.positivePointButton, "S": self.ui.negativePointButton,
-                   "D": self.ui.boxButton}
-        actions = {"Z": self.ui.undoButton.click, "R": self.ui.resetButton.click,
-                   "N": self.ui.nextSegmentButton.click}
+        actions = {"undo": self.ui.undoButton.click, "reset": self.ui.resetButton.click,
+                   "next segment": self.ui.nextSegmentButton.click}
         for key in SHORTCUTS:
             shortcut = qt.QShortcut(qt.QKeySequence(key), slicer.util.mainWindow())
-            shortcut.connect("activated()", buttons[key].toggle if key in buttons else actions[key])
+            shortcut.connect("activated()", self.placeButtons[PLACE_KEYS[key]].toggle
+                             if key in PLACE_KEYS else actions[ACTION_KEYS[key]])
             shortcut.setEnabled(False)
             self.shortcuts.append(shortcut)
-        self.onVolume(self.ui.volumeSelector.currentNode())
+        self.initializeParameterNode()
 
     def enter(self):
+        self.initializeParameterNode()
         for shortcut in self.shortcuts:
             shortcut.setEnabled(True)
 
@@ -371,13 +554,65 @@ class KA2ERSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         for shortcut in self.shortcuts:
             shortcut.setEnabled(False)
         self.place(False, None)
+        self.setParameterNode(None)  # the GUI follows the parameter node again on enter
 
     def cleanup(self):
+        self.setParameterNode(None)
         self.removeObservers()
         if self.timer is not None:
             self.timer.stop()
         if self.logic is not None:
-            self.logic.worker.stop()
+            self.logic.cleanup()
+
+    # -- parameter node and scene --
+
+    def onSceneStartClose(self, caller, event):
+        """The parameter node and the prompt nodes are about to go: stop using them."""
+        self.place(False, None)
+        self.setParameterNode(None)
+        for method in (self.onPositivePoint, self.onNegativePoint, self.onBox):
+            self.removeObservers(method)
+
+    def onSceneEndClose(self, caller, event):
+        """A new, empty scene: new prompt nodes, no model loaded, a new parameter node."""
+        self.observePromptNodes()
+        self.resetMembers()
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def initializeParameterNode(self):
+        """Follow the module's parameter node; pick the first volume if none is chosen yet."""
+        self.setParameterNode(self.logic.getParameterNode())
+        if not self._parameterNode.volume:
+            firstVolumeNode = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+            if firstVolumeNode:
+                self._parameterNode.volume = firstVolumeNode
+
+    def setParameterNode(self, inputParameterNode):
+        """Show ``inputParameterNode`` (None: none). Widgets with a SlicerParameterName property
+        (volume, segmentation, device) are bound to it; the others are updated on its changes."""
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent,
+                                self.updateGUIFromParameterNode)
+        self._parameterNode = inputParameterNode
+        self._parameterNodeGuiTag = None
+        self.shownSource = None
+        if self._parameterNode:
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent,
+                             self.updateGUIFromParameterNode)
+            self.updateGUIFromParameterNode()
+
+    def updateGUIFromParameterNode(self, caller=None, event=None):
+        """What connectGui does not bind: the target segment, the model source, the member."""
+        parameters = self._parameterNode
+        if parameters is None:
+            return
+        self.refreshSegments(parameters.segmentId)
+        if parameters.source != self.shownSource:  # restored with a scene, or reset by a close
+            self.showSource(parameters.source)
+        self.showMember(parameters.member)
 
     # -- reactions --
 
@@ -389,42 +624,67 @@ class KA2ERSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.onError(describe(error))
             return None
 
+    def modelSource(self) -> str:
+        """The model the panel names: "" (shipped), a bundle folder or a server URL."""
+        kind = ModelSource(self.ui.modelSourceComboBox.currentIndex)
+        if kind is ModelSource.FOLDER:
+            return self.ui.bundlePathLineEdit.currentPath
+        if kind is ModelSource.SERVER:
+            return self.ui.serverUrlLineEdit.text.strip()
+        return ""
+
+    def showSource(self, source: str):
+        kind = source_kind(source)
+        self.ui.modelSourceComboBox.currentIndex = int(kind)
+        if kind is ModelSource.FOLDER:
+            self.ui.bundlePathLineEdit.currentPath = source
+        elif kind is ModelSource.SERVER:
+            self.ui.serverUrlLineEdit.text = source
+        self.shownSource = source
+
     def updateModelFields(self, *unused):
-        source = self.ui.modelSourceComboBox.currentIndex  # 0 shipped, 1 folder, 2 server
-        self.ui.bundlePathLineEdit.enabled = source == 1
-        self.ui.serverUrlLineEdit.enabled = source == 2
-        self.ui.serverTokenLineEdit.enabled = source == 2
+        kind = ModelSource(self.ui.modelSourceComboBox.currentIndex)
+        self.ui.bundlePathLineEdit.enabled = kind is ModelSource.FOLDER
+        self.ui.serverUrlLineEdit.enabled = kind is ModelSource.SERVER
+        self.ui.serverTokenLineEdit.enabled = kind is ModelSource.SERVER
 
     def onLoadModel(self):
-        remote = self.ui.modelSourceComboBox.currentIndex == 2
+        source = self.modelSource()
         try:
-            if not self.logic.installer.ensure(model=not remote):
+            if not self.installer.ensure(model=source_kind(source) is not ModelSource.SERVER):
                 self.onError("KA2ER Segment needs more Python packages; nothing was installed")
                 return
         except RuntimeError as error:
             self.onError(str(error))
             return
-        source = ["", self.ui.bundlePathLineEdit.currentPath,
-                  self.ui.serverUrlLineEdit.text.strip()][self.ui.modelSourceComboBox.currentIndex]
-        self.logic.loadModel(source, self.ui.serverTokenLineEdit.text, self.ui.deviceComboBox.currentText)
+        self.resetMembers()
+        self.guarded(self.logic.loadModel, source, self.ui.serverTokenLineEdit.text,
+                     self.ui.deviceComboBox.currentText)
+
+    def resetMembers(self):
+        """Only AUTO in the member list until a model is loaded (without telling the Logic)."""
+        self.ui.memberComboBox.blockSignals(True)
+        self.ui.memberComboBox.clear()
+        self.ui.memberComboBox.addItem(AUTO)
+        self.ui.memberComboBox.blockSignals(False)
+
+    def showMember(self, member: str):
+        index = self.ui.memberComboBox.findText(member)
+        if index >= 0 and index != self.ui.memberComboBox.currentIndex:
+            self.ui.memberComboBox.currentIndex = index
 
     def onMember(self, member):
         if member and self.logic.session is not None:
             self.logic.setMember(member)
 
     def onVolume(self, node):
-        if node is None:
-            return
-        self.guarded(self.logic.setVolume, node)
-        self.onSegmentation(self.ui.segmentationSelector.currentNode())
+        if node is not None:
+            self.guarded(self.logic.setVolume, node)
 
     def onSegmentation(self, node):
-        if self.logic.volumeNode is None:
-            return
         self.logic.segmentationNode = node
-        self.refreshSegments()
 
-    def refreshSegments(self):
+    def refreshSegments(self, selectedId: str = ""):
         self.ui.segmentComboBox.clear()
         node = self.logic.segmentationNode
         if node is None:
@@ -433,50 +693,58 @@ class KA2ERSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         for n in range(segmentation.GetNumberOfSegments()):
             segmentId = segmentation.GetNthSegmentID(n)
             self.ui.segmentComboBox.addItem(segmentation.GetSegment(segmentId).GetName(), segmentId)
+        self.ui.segmentComboBox.setCurrentIndex(self.ui.segmentComboBox.findData(selectedId))
 
     def onSegmentChosen(self, index):
         self.chooseTarget(self.ui.segmentComboBox.itemData(index))
 
     def chooseTarget(self, segmentId):
+        """Make ``segmentId`` the target ("" a new segment); the point lists start empty."""
         if self.guarded(self.logic.ensureSegmentation, self.ui.segmentationSelector.currentNode()) is None:
             return
-        self.ui.segmentationSelector.setCurrentNode(self.logic.segmentationNode)
-        segmentId = self.guarded(self.logic.setTarget, segmentId)
-        if segmentId is None:
+        if self.guarded(self.logic.setTarget, segmentId) is None:
             return
-        positive, negative, _ = self.logic.promptNodes()
-        positive.RemoveAllControlPoints()
-        negative.RemoveAllControlPoints()
-        self.refreshSegments()
-        self.ui.segmentComboBox.setCurrentIndex(self.ui.segmentComboBox.findData(segmentId))
+        for kind in (PromptKind.POSITIVE_POINT, PromptKind.NEGATIVE_POINT):
+            self.logic.promptNode(kind).RemoveAllControlPoints()
 
-    def place(self, on: bool, which):
-        """Start (or stop) persistent placement of positive points, negative points or the box."""
-        buttons = [self.ui.positivePointButton, self.ui.negativePointButton, self.ui.boxButton]
+    def place(self, on: bool, kind):
+        """Start (or stop) persistent placement of prompts of ``kind`` (None: stop any placement)."""
         interaction = slicer.app.applicationLogic().GetInteractionNode()
-        if which is None:
-            for button in buttons:
+        if kind is None:
+            for button in self.placeButtons.values():
                 button.checked = False
         if not on:
-            if not any(button.checked for button in buttons):
+            if not any(button.checked for button in self.placeButtons.values()):
                 interaction.SwitchToViewTransformMode()
             return
         if self.logic.segmentId is None:
             self.chooseTarget(self.ui.segmentComboBox.currentData or "")
-        for index, button in enumerate(buttons):
-            if index != which and button.checked:
+        for other, button in self.placeButtons.items():
+            if other is not kind and button.checked:
                 button.blockSignals(True)
                 button.checked = False
                 button.blockSignals(False)
-        node = self.logic.promptNodes()[which]
+        node = self.logic.promptNode(kind)
         selection = slicer.app.applicationLogic().GetSelectionNode()
         selection.SetReferenceActivePlaceNodeClassName(node.GetClassName())
         selection.SetActivePlaceNodeID(node.GetID())
-        if which == 2:  # a new box replaces the old one: drag it once
+        if kind is PromptKind.BOX:  # a new box replaces the old one: drag it once
             node.RemoveAllControlPoints()
             interaction.SwitchToSinglePlaceMode()
         else:
             interaction.SwitchToPersistentPlaceMode()
+
+    def observePromptNodes(self):
+        """Colour the scene's prompt nodes and run a prediction when a prompt is placed."""
+        nodes = dict(zip(PromptKind, self.logic.promptNodes()))
+        for kind, node in nodes.items():
+            node.CreateDefaultDisplayNodes()
+            node.GetDisplayNode().SetSelectedColor(*PROMPT_NODES[kind].color)
+        positive, negative, box = (nodes[kind] for kind in PromptKind)
+        self.addObserver(positive, positive.PointPositionDefinedEvent, self.onPositivePoint)
+        self.addObserver(negative, negative.PointPositionDefinedEvent, self.onNegativePoint)
+        self.addObserver(box, box.PointPositionDefinedEvent, self.onBox)
+        self.addObserver(box, box.PointEndInteractionEvent, self.onBox)
 
     def onPositivePoint(self, caller, event):
         self.guarded(self.logic.addPoint, caller, caller.GetNumberOfControlPoints() - 1, True)
@@ -486,7 +754,7 @@ class KA2ERSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onBox(self, caller, event):
         if caller.GetControlPointPlacementComplete():
-            self.ui.boxButton.checked = False
+            self.placeButtons[PromptKind.BOX].checked = False
             self.guarded(self.logic.addBox, caller)
 
     def poll(self):
@@ -499,6 +767,8 @@ class KA2ERSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                                         "computes its image embedding first)")
         if not busy and self.ui.memberComboBox.count == 1 and self.logic.session is not None:
             self.ui.memberComboBox.addItems(self.logic.session.members)
+            if self._parameterNode:
+                self.showMember(self._parameterNode.member)
 
     def onResult(self, segmentId, result):
         self.ui.statusLabel.text = (f"{segmentId}: {result.latency_ms:.0f} ms, confidence "
@@ -514,7 +784,7 @@ class KA2ERSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
 class KA2ERSegmentTest(ScriptedLoadableModuleTest):
     """Self-test for a real Slicer: the MNI152 template, a box and clicks on the brain, Dice against
-    the template's brain mask."""
+    the template's brain mask; then closing the scene leaves nothing behind."""
 
     def setUp(self):
         slicer.mrmlScene.Clear()
@@ -560,5 +830,13 @@ class KA2ERSegmentTest(ScriptedLoadableModuleTest):
         dice = 2 * (result & brain).sum() / (result.sum() + brain.sum())
         self.delayDisplay(f"Brain Dice {dice:.3f}")
         self.assertGreater(dice, 0.9)
-        logic.worker.stop()
+        self.assertEqual(logic.parameterNode.segmentId, segmentId)
+
+        self.delayDisplay("Closing the scene")
+        slicer.mrmlScene.Clear()
+        logic.worker.wait()
+        self.assertIsNone(logic.session)
+        self.assertIsNone(logic.volumeNode)
+        self.assertIsNone(logic.segmentId)
+        logic.cleanup()
         self.delayDisplay("Test passed")

@@ -5,15 +5,16 @@ KA2ERSegment Logic without Slicer. :func:`install` puts a fresh ``slicer`` modul
 Conventions, as in Slicer: world coordinates are RAS; a volume's IJKToRAS maps (i, j, k, 1) to RAS;
 numpy arrays of volumes and segments are indexed (k, j, i); VTK extents are (i0, i1, j0, j1, k0, k1),
 inclusive. Each stand-in class carries the name of the Slicer class it imitates (see
-``STANDIN_CLASSES``) and only offers methods that ``shared/slicer-api/catalog.json`` lists for it.
+``STANDIN_CLASSES``) and only offers methods that ``shared/slicer-api/catalog.json`` lists for it;
+it imitates what the module and its tests use, nothing more.
 """
 
 from __future__ import annotations
 
 import itertools
-import logging
 import sys
 import types
+import typing
 import unittest
 
 import numpy as np
@@ -46,12 +47,12 @@ def _to_world(node) -> np.ndarray:
 
 
 class vtkMRMLNode(vtk.vtkObject):
-    """ID and name (given by the scene), node references, StartModify/EndModify."""
+    """ID and name (given by the scene), node references, attributes, a singleton tag."""
 
     def __init__(self):
         super().__init__()
         self._id, self._name, self._scene = None, "", None
-        self._references, self._modify_disabled = {}, 0
+        self._references, self._attributes, self._singleton_tag = {}, {}, None
 
     def GetID(self):
         return self._id
@@ -62,9 +63,6 @@ class vtkMRMLNode(vtk.vtkObject):
     def SetName(self, name):
         self._name = name
 
-    def GetScene(self):
-        return self._scene
-
     def GetClassName(self):
         return type(self).__name__
 
@@ -72,7 +70,9 @@ class vtkMRMLNode(vtk.vtkObject):
         return any(cls.__name__ == className for cls in type(self).__mro__) or super().IsA(className)
 
     def SetNodeReferenceID(self, role, nodeId):
-        self._references[role] = nodeId
+        if self._references.get(role) != nodeId:
+            self._references[role] = nodeId
+            self.Modified()
 
     def GetNodeReferenceID(self, role):
         return self._references.get(role)
@@ -81,17 +81,47 @@ class vtkMRMLNode(vtk.vtkObject):
         nodeId = self.GetNodeReferenceID(role)
         return self._scene.GetNodeByID(nodeId) if self._scene is not None and nodeId else None
 
-    def StartModify(self):
-        previous, self._modify_disabled = self._modify_disabled, 1
-        return previous
+    def SetAttribute(self, name, value):
+        self._attributes[name] = value
 
-    def EndModify(self, previous):
-        self._modify_disabled = previous
+    def GetAttribute(self, name):
+        return self._attributes.get(name)
+
+    def SetSingletonTag(self, tag):
+        self._singleton_tag = tag
+
+    def GetSingletonTag(self):
+        return self._singleton_tag
+
+    def Reset(self, defaultNode):
+        """Back to the content of ``defaultNode`` (None: a new node); the ID, name, scene and
+        singleton tag stay, as when Slicer closes a scene."""
+        kept = {key: vars(self)[key] for key in ("_id", "_name", "_scene", "_singleton_tag")}
+        vars(self).update(vars(defaultNode if defaultNode is not None else type(self)()))
+        vars(self).update(kept)
         self.Modified()
 
-    def Modified(self):
-        if not self._modify_disabled:
-            super().Modified()
+
+class vtkMRMLScriptedModuleNode(vtkMRMLNode):
+    """A module's parameter node: named string parameters (and node references)."""
+
+    def __init__(self):
+        super().__init__()
+        self._parameters = {}
+
+    def SetParameter(self, name, value):
+        if self._parameters.get(name) != value:
+            self._parameters[name] = value
+            self.Modified()
+
+    def GetParameter(self, name):
+        return self._parameters.get(name, "")
+
+    def HasParameter(self, name):
+        return name in self._parameters
+
+    def GetParameterNames(self):
+        return list(self._parameters)
 
 
 class vtkMRMLTransformableNode(vtkMRMLNode):
@@ -116,9 +146,6 @@ class vtkMRMLLinearTransformNode(vtkMRMLTransformableNode):
         self._to_parent = arrayFromVTKMatrix(matrix)
         self.Modified()
 
-    def GetMatrixTransformToParent(self, matrix):
-        _set_matrix(matrix, self._to_parent)
-
     def GetMatrixTransformToWorld(self, matrix):
         _set_matrix(matrix, _to_world(self) @ self._to_parent)
 
@@ -140,9 +167,6 @@ class vtkMRMLScalarVolumeNode(vtkMRMLTransformableNode):
     def GetIJKToRASMatrix(self, matrix):
         _set_matrix(matrix, self._ijk_to_ras)
 
-    def GetRASToIJKMatrix(self, matrix):
-        _set_matrix(matrix, np.linalg.inv(self._ijk_to_ras))
-
     def SetAndObserveImageData(self, imageData):
         self._image = imageData
         self.Modified()
@@ -152,7 +176,7 @@ class vtkMRMLScalarVolumeNode(vtkMRMLTransformableNode):
 
 
 class vtkMRMLMarkupsNode(vtkMRMLTransformableNode):
-    """Control points in the node's local coordinates, each with a label. Event ids follow the enum
+    """Control points in the node's local coordinates. Event ids follow the enum
     order of vtkMRMLMarkupsNode.h as the catalog lists it (use the names, not the numbers); observers
     are called ``callback(caller, event)`` as in VTK."""
 
@@ -161,11 +185,10 @@ class vtkMRMLMarkupsNode(vtkMRMLTransformableNode):
 
     def __init__(self):
         super().__init__()
-        self._points = []  # [position (3,), label]
+        self._points = []  # positions (3,)
 
     def AddControlPoint(self, position, label=""):
-        label = label or f"{self.GetName()}-{len(self._points) + 1}"
-        self._points.append([np.array(position[:3], float), label])
+        self._points.append(np.array(position[:3], float))
         self.InvokeEvent(self.PointAddedEvent)
         self.InvokeEvent(self.PointPositionDefinedEvent)
         return len(self._points) - 1
@@ -177,20 +200,13 @@ class vtkMRMLMarkupsNode(vtkMRMLTransformableNode):
         return len(self._points)
 
     def GetNthControlPointPosition(self, index, out=None):
-        return _output(self._points[index][0], out)
+        return _output(self._points[index], out)
 
     def GetNthControlPointPositionWorld(self, index, out=None):
-        return _output((_to_world(self) @ [*self._points[index][0], 1.0])[:3], out)
+        return _output((_to_world(self) @ [*self._points[index], 1.0])[:3], out)
 
     def SetNthControlPointPosition(self, index, position):
-        self._points[index][0] = np.array(position[:3], float)
-        self.InvokeEvent(self.PointModifiedEvent)
-
-    def GetNthControlPointLabel(self, index):
-        return self._points[index][1]
-
-    def SetNthControlPointLabel(self, index, label):
-        self._points[index][1] = label
+        self._points[index] = np.array(position[:3], float)
         self.InvokeEvent(self.PointModifiedEvent)
 
     def RemoveNthControlPoint(self, index):
@@ -221,7 +237,7 @@ class vtkMRMLMarkupsROINode(vtkMRMLMarkupsNode):
             self.AddControlPoint(center)
 
     def GetCenter(self, out=None):
-        return _output(self._points[0][0] if self._points else np.zeros(3), out)
+        return _output(self._points[0] if self._points else np.zeros(3), out)
 
     def SetSize(self, size):
         self._size = np.array(size[:3], float)
@@ -241,7 +257,7 @@ class vtkMRMLMarkupsROINode(vtkMRMLMarkupsNode):
 class vtkSegment(vtk.vtkObject):
     def __init__(self):
         super().__init__()
-        self._name, self._color, self._labelmap = "", (0.5, 0.5, 0.5), None  # uint8 (k, j, i) or None
+        self._name, self._labelmap = "", None  # uint8 (k, j, i) or None
 
     def GetName(self):
         return self._name
@@ -249,16 +265,13 @@ class vtkSegment(vtk.vtkObject):
     def SetName(self, name):
         self._name = name
 
-    def GetColor(self):
-        return self._color
-
-    def SetColor(self, *color):
-        self._color = tuple(float(c) for c in np.ravel(color))
-
 
 class vtkSegmentation(vtk.vtkObject):
     """Segments by ID. Each holds its own binary uint8 (k, j, i) array over the reference geometry
-    (allocated on first write), so segments may overlap, like Slicer's layered labelmaps."""
+    (allocated on first write), so segments may overlap, like Slicer's layered labelmaps. A change of
+    a segment's content invokes SourceRepresentationModified with the segment's ID."""
+
+    SourceRepresentationModified = 62100
 
     def __init__(self):
         super().__init__()
@@ -270,26 +283,18 @@ class vtkSegmentation(vtk.vtkObject):
             base = segmentId or "Segment"
             segmentId = next(f"{base}_{n}" for n in itertools.count(1)
                              if f"{base}_{n}" not in self._segments)
-        segment = self._segments[segmentId] = vtkSegment()
-        segment.SetName(segmentName or segmentId)
-        if color is not None:
-            segment.SetColor(color)
+        self._segments[segmentId] = vtkSegment()
+        self._segments[segmentId].SetName(segmentName or segmentId)
         return segmentId
 
     def GetSegment(self, segmentId):
         return self._segments.get(segmentId)
-
-    def GetSegmentIdBySegmentName(self, name):
-        return next((sid for sid, segment in self._segments.items() if segment.GetName() == name), "")
 
     def GetNumberOfSegments(self):
         return len(self._segments)
 
     def GetNthSegmentID(self, index):
         return list(self._segments)[index]
-
-    def RemoveSegment(self, segmentId):
-        del self._segments[segmentId]
 
     def _labelmap(self, segmentId, ijk_to_segmentation, shape_kji=None) -> np.ndarray:
         """The segment's array, after checking that the caller's grid is the reference grid."""
@@ -333,6 +338,11 @@ class vtkMRMLSegmentationNode(vtkMRMLTransformableNode):
     def CreateDefaultDisplayNodes(self):
         """Nothing is displayed in the stand-in."""
 
+    def _segment_modified(self, segmentId):
+        """The segmentation tells of a changed segment; the node passes it on, as in Slicer."""
+        for notifier in (self._segmentation, self):
+            notifier.InvokeEvent(vtkSegmentation.SourceRepresentationModified, segmentId)
+
 
 class vtkOrientedImageData(vtk.vtkImageData):
     """vtkImageData whose direction, spacing and origin come from an image-to-world matrix."""
@@ -344,25 +354,20 @@ class vtkOrientedImageData(vtk.vtkImageData):
         self.SetOrigin(*image_to_world[:3, 3])
         self.SetDirectionMatrix(*(image_to_world[:3, :3] / spacing).ravel())
 
-    SetGeometryFromImageToWorldMatrix = SetImageToWorldMatrix
-
     def GetImageToWorldMatrix(self, matrix):
         matrix.DeepCopy(self.GetIndexToPhysicalMatrix())
 
 
 class vtkSlicerSegmentationsModuleLogic(vtk.vtkObject):
-    MODE_REPLACE, MODE_MERGE_MAX, MODE_MERGE_MIN, MODE_MERGE_MASK = range(4)
+    MODE_REPLACE = 0
 
     @staticmethod
     def SetBinaryLabelmapToSegment(labelmap, segmentationNode, segmentId, mergeMode=MODE_REPLACE,
                                    extent=None):
         """Write ``labelmap`` (nonzero -> 1) into the segment over ``extent`` (default: the labelmap's
-        extent); in MODE_REPLACE voxels of the extent outside the labelmap become 0. The labelmap must
-        lie on the reference grid."""
-        logic = vtkSlicerSegmentationsModuleLogic
-        combine = {logic.MODE_REPLACE: lambda old, new: new, logic.MODE_MERGE_MAX: np.maximum,
-                   logic.MODE_MERGE_MIN: np.minimum}.get(mergeMode)
-        if combine is None:
+        extent); voxels of the extent outside the labelmap become 0 (MODE_REPLACE, the only mode the
+        stand-in imitates). The labelmap must lie on the reference grid."""
+        if mergeMode != vtkSlicerSegmentationsModuleLogic.MODE_REPLACE:
             raise NotImplementedError(f"the stand-in does not imitate merge mode {mergeMode}")
         image_to_world = vtk.vtkMatrix4x4()
         labelmap.GetImageToWorldMatrix(image_to_world)
@@ -378,8 +383,8 @@ class vtkSlicerSegmentationsModuleLogic(vtk.vtkObject):
         overlap = _intersect(region, source_extent)
         if min(_shape(overlap)) > 0:
             values[_slices(overlap, region)] = source[_slices(overlap, source_extent)] != 0
-        written = target[_slices(region, (0,) * 6)]
-        written[...] = combine(written, values)
+        target[_slices(region, (0,) * 6)] = values
+        segmentationNode._segment_modified(segmentId)
         return True
 
 
@@ -399,43 +404,53 @@ def _slices(extent, origin_extent):
 
 
 class vtkMRMLScene(vtk.vtkObject):
-    """Nodes by ID ("<className><n>", numbered per class), in insertion order."""
+    """Nodes by ID ("<className><n>", numbered per class; a singleton's is "<className><tag>"), in
+    insertion order. Closing (:meth:`Clear`) invokes StartCloseEvent and EndCloseEvent, values as
+    in vtkMRMLScene.h."""
+
+    StartCloseEvent = 0x2000 | 0x0100 | 0x0003  # StateEvent | StartEvent | CloseState
+    EndCloseEvent = 0x2000 | 0x0200 | 0x0003  # StateEvent | EndEvent | CloseState
 
     def __init__(self):
         super().__init__()
         self._nodes, self._id_counts = {}, {}
 
+    def CreateNodeByClass(self, className):
+        if className not in STANDIN_CLASSES or not issubclass(STANDIN_CLASSES[className], vtkMRMLNode):
+            raise NotImplementedError(f"the stand-in has no node class {className}")
+        return STANDIN_CLASSES[className]()
+
     def AddNode(self, node):
-        className = node.GetClassName()
-        self._id_counts[className] = self._id_counts.get(className, 0) + 1
-        node._id, node._scene = f"{className}{self._id_counts[className]}", self
+        className, tag = node.GetClassName(), node.GetSingletonTag()
+        if tag is None:
+            self._id_counts[className] = self._id_counts.get(className, 0) + 1
+        node._id = f"{className}{tag if tag is not None else self._id_counts[className]}"
+        node._scene = self
         if not node.GetName():
-            short_name = className.removeprefix("vtkMRML").removesuffix("Node")
-            node.SetName(self.GetUniqueNameByString(short_name))
+            node.SetName(self.GenerateUniqueName(className.removeprefix("vtkMRML").removesuffix("Node")))
         self._nodes[node.GetID()] = node
         return node
 
     def AddNewNodeByClass(self, className, nodeBaseName=""):
-        if className not in STANDIN_CLASSES or not issubclass(STANDIN_CLASSES[className], vtkMRMLNode):
-            raise NotImplementedError(f"the stand-in has no node class {className}")
-        node = STANDIN_CLASSES[className]()
+        node = self.CreateNodeByClass(className)
         if nodeBaseName:
-            node.SetName(self.GetUniqueNameByString(nodeBaseName))
+            node.SetName(self.GenerateUniqueName(nodeBaseName))
         return self.AddNode(node)
 
-    def GetUniqueNameByString(self, base):
+    def GenerateUniqueName(self, baseName):
         names = {node.GetName() for node in self._nodes.values()}
-        return next(name for name in itertools.chain([base], (f"{base}_{n}" for n in itertools.count(1)))
-                    if name not in names)
+        return next(name for name in itertools.chain(
+            [baseName], (f"{baseName}_{n}" for n in itertools.count(1))) if name not in names)
+
+    def GetSingletonNode(self, singletonTag, className):
+        return next((node for node in self._nodes.values()
+                     if node.IsA(className) and node.GetSingletonTag() == singletonTag), None)
 
     def GetNodeByID(self, nodeId):
         return self._nodes.get(nodeId)
 
     def GetFirstNodeByName(self, name):
         return next((node for node in self._nodes.values() if node.GetName() == name), None)
-
-    def GetFirstNodeByClass(self, className):
-        return next((node for node in self._nodes.values() if node.IsA(className)), None)
 
     def GetNodesByClass(self, className):
         """A vtkCollection, as in Slicer."""
@@ -450,13 +465,22 @@ class vtkMRMLScene(vtk.vtkObject):
         node._scene = None
 
     def Clear(self, removeSingletons=0):
+        """Close the scene: every node is removed but singletons (unless asked), which are reset;
+        IDs are given out from 1 again."""
+        self.InvokeEvent(self.StartCloseEvent)
         for node in list(self._nodes.values()):
-            self.RemoveNode(node)
+            if removeSingletons or node.GetSingletonTag() is None:
+                self.RemoveNode(node)
+            else:
+                node.Reset(None)
+        self._id_counts.clear()
+        self.InvokeEvent(self.EndCloseEvent)
 
 
 STANDIN_CLASSES = {cls.__name__: cls for cls in (
-    vtkMRMLScene, vtkMRMLNode, vtkMRMLTransformableNode, vtkMRMLLinearTransformNode,
-    vtkMRMLScalarVolumeNode, vtkMRMLMarkupsNode, vtkMRMLMarkupsFiducialNode, vtkMRMLMarkupsROINode,
+    vtkMRMLScene, vtkMRMLNode, vtkMRMLScriptedModuleNode, vtkMRMLTransformableNode,
+    vtkMRMLLinearTransformNode, vtkMRMLScalarVolumeNode, vtkMRMLMarkupsNode, vtkMRMLMarkupsFiducialNode,
+    vtkMRMLMarkupsROINode,
     vtkMRMLSegmentationNode, vtkSegmentation, vtkSegment, vtkOrientedImageData,
     vtkSlicerSegmentationsModuleLogic)}
 """Slicer class name -> the stand-in class imitating it (same name)."""
@@ -510,29 +534,12 @@ def updateSegmentBinaryLabelmapFromArray(narray, segmentationNode, segmentId, re
     if np.shape(narray) != labelmap.shape:
         raise ValueError(f"array shape {np.shape(narray)} is not the volume's {labelmap.shape}")
     labelmap[...] = np.asarray(narray) != 0
+    segmentationNode._segment_modified(segmentId)
 
 
 def _segment_labelmap_on_volume(segmentationNode, segmentId, volumeNode):
     grid = _volume_grid(volumeNode, segmentationNode)
     return segmentationNode.GetSegmentation()._labelmap(segmentId, *grid)
-
-
-def errorDisplay(text, windowTitle=None, parent=None, standardButtons=None, **kwargs):
-    _slicer().standin_messages.append(("error", text))
-
-
-def infoDisplay(text, windowTitle=None, parent=None, standardButtons=None, **kwargs):
-    _slicer().standin_messages.append(("info", text))
-
-
-def confirmOkCancelDisplay(text, windowTitle=None, parent=None, **kwargs):
-    """Records the question; answers ``slicer.standin_confirm``."""
-    _slicer().standin_messages.append(("confirm", text))
-    return _slicer().standin_confirm
-
-
-def pip_install(requirements, **kwargs):
-    _slicer().standin_pip.append(requirements)
 
 
 class VTKObservationMixin:
@@ -568,37 +575,116 @@ class ScriptedLoadableModule:
     def __init__(self, parent):
         self.parent, self.moduleName = parent, type(self).__name__
 
-    def getDefaultModuleDocumentationLink(self, docPage=None):
-        return "https://slicer.readthedocs.io/"
-
 
 class ScriptedLoadableModuleWidget:
+    """No GUI in the stand-in: the module's Widget can be defined, not set up."""
+
     def __init__(self, parent=None):
         self.parent, self.moduleName = parent, type(self).__name__.removesuffix("Widget")
-
-    def setup(self):
-        """No GUI in the stand-in."""
-
-    def cleanup(self):
-        """No GUI in the stand-in."""
 
 
 class ScriptedLoadableModuleLogic:
     def __init__(self, parent=None):
+        super().__init__()
         self.parent, self.moduleName = parent, type(self).__name__.removesuffix("Logic")
+
+    def getParameterNode(self):
+        """The module's parameter node: the scene's singleton for the module, added if missing."""
+        scene = _slicer().mrmlScene
+        node = scene.GetSingletonNode(self.moduleName, "vtkMRMLScriptedModuleNode")
+        if node is None:
+            return scene.AddNode(self.createParameterNode())
+        if node.GetAttribute("ModuleName") != self.moduleName:  # a scene close reset it
+            node.SetAttribute("ModuleName", self.moduleName)
+        return node
+
+    def createParameterNode(self):
+        scene = _slicer().mrmlScene
+        node = scene.CreateNodeByClass("vtkMRMLScriptedModuleNode")
+        node.SetSingletonTag(self.moduleName)
+        node.SetAttribute("ModuleName", self.moduleName)
+        node.SetName(scene.GenerateUniqueName(self.moduleName))
+        return node
 
 
 class ScriptedLoadableModuleTest(unittest.TestCase):
-    def delayDisplay(self, message, requestedDelay=100):
-        logging.info(message)
+    """The module's self-test runs in Slicer only: it can be defined, not run."""
+
+
+# --- slicer.parameterNodeWrapper ------------------------------------------------------------------
+
+class Choice:
+    """Validator: a value must be one of ``choices``."""
+
+    def __init__(self, choices):
+        self.choices = choices
+
+    def validate(self, value):
+        if value not in self.choices:
+            raise ValueError(f"Value is {value}, but must be in one of the following: {self.choices}")
+
+
+class _Parameter:
+    """A typed member of a wrapped class, kept in the parameter node under its name: a str as a
+    parameter, a node as a node reference (and an empty parameter saying it is set), as Slicer's
+    StringSerializer and NodeSerializer do; other types are not imitated. Reading a member the node
+    does not hold (a scene close reset it) writes the default first."""
+
+    def __init__(self, name, hint, classtype):
+        self.name = name
+        annotated = typing.get_origin(hint) is typing.Annotated
+        self.type, *self.validators = typing.get_args(hint) if annotated else (hint,)
+        self.is_node = isinstance(self.type, type) and issubclass(self.type, vtkMRMLNode)
+        if not (self.is_node or self.type is str):
+            raise NotImplementedError(f"the stand-in's parameterNodeWrapper cannot store {hint}")
+        self.default = getattr(classtype, name, None if self.is_node else "")
+
+    def write(self, parameterNode, value):
+        if value is None and not self.is_node:
+            raise ValueError("Value must not be None")
+        if value is not None and not isinstance(value, self.type):
+            raise TypeError(f"Value must be of type '{self.type}', is type '{type(value)}' value '{value}'")
+        for validator in self.validators:
+            validator.validate(value)
+        if self.is_node:
+            parameterNode.SetParameter(self.name, "")
+            parameterNode.SetNodeReferenceID(self.name, None if value is None else value.GetID())
+        else:
+            parameterNode.SetParameter(self.name, value)
+
+    def read(self, parameterNode):
+        if not parameterNode.HasParameter(self.name):
+            self.write(parameterNode, self.default)
+        return (parameterNode.GetNodeReference(self.name) if self.is_node
+                else parameterNode.GetParameter(self.name))
+
+
+def parameterNodeWrapper(classtype):
+    """The class decorator: each annotated member becomes a property reading and writing a
+    vtkMRMLScriptedModuleNode. Wrapping a node writes the defaults (the class's values; "" for a
+    str, None for a node) of members it does not hold yet; values already there are kept."""
+    hints = typing.get_type_hints(classtype, include_extras=True)
+    parameters = {name: _Parameter(name, hint, classtype) for name, hint in hints.items()}
+    for name, parameter in parameters.items():
+        setattr(classtype, name, property(lambda self, p=parameter: p.read(self.parameterNode),
+                                          lambda self, value, p=parameter: p.write(self.parameterNode, value)))
+
+    def __init__(self, parameterNode):
+        self.parameterNode = parameterNode
+        for parameter in parameters.values():
+            parameter.read(parameterNode)
+
+    classtype.__init__ = __init__
+    return classtype
 
 
 UTIL_FUNCTIONS = (vtkMatrixFromArray, arrayFromVTKMatrix, arrayFromVolume, addVolumeFromArray,
-                  arrayFromSegmentBinaryLabelmap, updateSegmentBinaryLabelmapFromArray, errorDisplay,
-                  infoDisplay, confirmOkCancelDisplay, pip_install, VTKObservationMixin)
+                  arrayFromSegmentBinaryLabelmap, updateSegmentBinaryLabelmapFromArray,
+                  VTKObservationMixin)
 SCRIPTED_CLASSES = (ScriptedLoadableModule, ScriptedLoadableModuleWidget, ScriptedLoadableModuleLogic,
                     ScriptedLoadableModuleTest)
-MODULE_NAMES = ("slicer", "slicer.util", "slicer.ScriptedLoadableModule")
+WRAPPER_NAMES = (parameterNodeWrapper, Choice)
+MODULE_NAMES = ("slicer", "slicer.util", "slicer.ScriptedLoadableModule", "slicer.parameterNodeWrapper")
 
 
 def _module(name, members) -> types.ModuleType:
@@ -608,16 +694,15 @@ def _module(name, members) -> types.ModuleType:
 
 
 def install() -> types.ModuleType:
-    """A fresh ``slicer`` module (new empty scene) in ``sys.modules``, with ``slicer.util`` and
-    ``slicer.ScriptedLoadableModule``. Display calls land in ``standin_messages`` as (kind, text),
-    ``pip_install`` arguments in ``standin_pip``; ``confirmOkCancelDisplay`` answers
-    ``standin_confirm``."""
+    """A fresh ``slicer`` module (new empty scene) in ``sys.modules``, with ``slicer.util``,
+    ``slicer.ScriptedLoadableModule`` and ``slicer.parameterNodeWrapper``."""
     slicer = _module("slicer", STANDIN_CLASSES.values())
     slicer.util = _module("slicer.util", UTIL_FUNCTIONS)
     slicer.ScriptedLoadableModule = _module("slicer.ScriptedLoadableModule", SCRIPTED_CLASSES)
+    slicer.parameterNodeWrapper = _module("slicer.parameterNodeWrapper", WRAPPER_NAMES)
     slicer.mrmlScene = vtkMRMLScene()
-    slicer.standin_messages, slicer.standin_pip, slicer.standin_confirm = [], [], True
-    sys.modules.update(zip(MODULE_NAMES, (slicer, slicer.util, slicer.ScriptedLoadableModule)))
+    sys.modules.update(zip(MODULE_NAMES, (slicer, slicer.util, slicer.ScriptedLoadableModule,
+                                          slicer.parameterNodeWrapper)))
     return slicer
 
 

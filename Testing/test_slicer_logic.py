@@ -1,12 +1,13 @@
 """The module's Logic against the vtk-based Slicer stand-in, with the real engine and shipped model:
 markups to RAS prompts (SimpleITK as the geometry reference), changed regions written in the volume's
-geometry, undo mirrored in the segment, other segments untouched, failures leave the scene as it was.
+geometry, undo mirrored in the segment, other segments untouched, failures leave the scene as it was;
+edits made outside the module seed the session; the choices live in the parameter node; closing the
+scene leaves nothing behind.
 """
 
 import importlib
 import shutil
 import sys
-import tomllib
 import types
 from pathlib import Path
 
@@ -92,6 +93,10 @@ def segment_array(logic, segment_id):
     return read_segment(logic.segmentationNode, segment_id, logic.volumeNode)
 
 
+def dice(mask, truth) -> float:
+    return 2 * (mask & truth).sum() / (mask.sum() + truth.sum())
+
+
 def click(logic, node, ras, positive=True):
     index = node.AddControlPointWorld(list(ras))
     logic.addPoint(node, index, positive)
@@ -106,13 +111,15 @@ def test_a_fiducial_on_a_transformed_oblique_volume_prompts_the_voxel_simpleitk_
     volume.SetAndObserveTransformNodeID(linear_transform(slicer, moved).GetID())
     logic.setVolume(volume)
     segment_id = logic.setTarget("")
+    logic.worker.wait()
+    prompts, add_point = [], logic.session.add_point
+    logic.session.add_point = lambda ras, positive=True: prompts.append(ras) or add_point(ras, positive)
     positive, _, _ = logic.promptNodes()
     local = centre + np.array([1.3, -2.1, 0.7])
     world = (moved @ np.append(local, 1.0))[:3]
     click(logic, positive, world)
-    assert logic.errors == []
-    prompt = logic.session.targets[segment_id].prompts[-1].low
-    voxel = np.round(ras_to_ijk(prompt, logic.session.volume.ijk_to_ras)).astype(int)
+    assert logic.errors == [] and len(prompts) == 1
+    voxel = np.round(ras_to_ijk(prompts[0], logic.session.volume.ijk_to_ras)).astype(int)
     assert tuple(voxel) == sitk_voxel(ijk_to_ras, ball.shape, local)
     written = segment_array(logic, segment_id)
     assert written.shape == ball.shape and written[tuple(voxel[::-1])] == 1
@@ -133,12 +140,13 @@ def test_only_the_changed_region_is_written_and_undo_restores_it(slicer, logic):
 
     click(logic, positive, centre)
     first = segment_array(logic, segment_id)
-    dice = 2 * (first & ball).sum() / (first.sum() + ball.sum())
-    assert dice > 0.5, dice
+    assert dice(first, ball) > 0.5
     click(logic, negative, centre + np.array([0.0, 0.0, 12.0]), positive=False)
     assert not np.array_equal(segment_array(logic, segment_id), first)
     assert logic.results[-1].region is not None
 
+    logic.setTarget(other)  # away and back: the session still holds the target's history
+    logic.setTarget(segment_id)
     logic.undo()
     logic.worker.wait()
     np.testing.assert_array_equal(segment_array(logic, segment_id), first)
@@ -167,18 +175,173 @@ def test_an_existing_segment_seeds_the_session_and_a_click_corrects_it(slicer, l
     positive, _, _ = logic.promptNodes()
     missing = np.argwhere(ball & (damaged == 0)).mean(axis=0)[::-1]  # (i, j, k)
     click(logic, positive, (volume_matrix(volume) @ np.append(missing, 1.0))[:3])
-    corrected = segment_array(logic, existing)
-
-    def dice(mask):
-        return 2 * (mask & ball).sum() / (mask.sum() + ball.sum())
-
-    assert dice(corrected) > dice(damaged)
+    assert dice(segment_array(logic, existing), ball) > dice(damaged, ball)
 
 
 def volume_matrix(volume) -> np.ndarray:
     from KA2ERSegmentLib.geometry import ijk_to_ras_local
 
     return ijk_to_ras_local(volume)
+
+
+def edit_outside_the_module(slicer, logic, segment_id, ball):
+    """What the Segment Editor might do to the segment: erase the ball's top slices and paint a
+    blob in a far corner. Returns the edited segment and the blob."""
+    edited = segment_array(logic, segment_id)
+    edited[ball.shape[0] * 2 // 3:] = 0
+    blob = np.zeros(ball.shape, bool)
+    blob[2:8, 2:8, 0:5] = True
+    edited[blob] = 1
+    slicer.util.updateSegmentBinaryLabelmapFromArray(edited, logic.segmentationNode, segment_id,
+                                                     logic.volumeNode)
+    return edited, blob
+
+
+def outside(region, shape) -> np.ndarray:
+    """Voxels of a (k, j, i) grid outside ``region``."""
+    mask = np.ones(shape, bool)
+    mask[region] = False
+    return mask
+
+
+def test_an_outside_edit_followed_by_a_click_keeps_the_edit_outside_the_clicks_region(slicer, logic):
+    volume, _, ball, centre = oblique_ball_volume(slicer)
+    logic.setVolume(volume)
+    segment_id = logic.setTarget("")
+    positive, _, _ = logic.promptNodes()
+    click(logic, positive, centre)
+    assert logic.targetSync.in_step(segment_id)  # the module's own write is no outside edit
+
+    edited, blob = edit_outside_the_module(slicer, logic, segment_id, ball)
+    assert not logic.targetSync.in_step(segment_id)
+    click(logic, positive, centre + np.array([0.0, 3.0, 0.0]))
+    region = logic.results[-1].region
+    assert logic.errors == [] and not blob[region].any()
+    after = segment_array(logic, segment_id)
+    kept = outside(region, ball.shape)
+    np.testing.assert_array_equal(after[kept], edited[kept])
+    np.testing.assert_array_equal(after, logic.session.mask)  # the session started from the edit
+    assert logic.session.undo_depth == 1
+
+    logic.undo()  # takes back the click, not the edit
+    logic.worker.wait()
+    np.testing.assert_array_equal(segment_array(logic, segment_id), edited)
+
+
+def test_an_outside_edit_while_a_click_is_computed_is_seeded_with_the_clicks_answer(slicer, logic):
+    volume, _, ball, centre = oblique_ball_volume(slicer)
+    logic.setVolume(volume)
+    segment_id = logic.setTarget("")
+    positive, _, _ = logic.promptNodes()
+    logic.addPoint(positive, positive.AddControlPointWorld(list(centre)), True)  # not written yet
+    _, blob = edit_outside_the_module(slicer, logic, segment_id, ball)
+    click(logic, positive, centre + np.array([0.0, 3.0, 0.0]))
+    assert logic.errors == [] and len(logic.results) == 2
+    after = segment_array(logic, segment_id)
+    assert after[blob].all()
+    np.testing.assert_array_equal(after, logic.session.mask)
+
+    logic.undo()  # takes back the second click only: the first click's answer and the edit stay
+    logic.worker.wait()
+    after_undo = segment_array(logic, segment_id)
+    assert after_undo[blob].all() and dice(after_undo, ball) > 0.5
+
+
+def test_a_result_that_could_not_be_written_is_not_kept_by_the_session(slicer, logic, monkeypatch):
+    volume, _, ball, centre = oblique_ball_volume(slicer)
+    logic.setVolume(volume)
+    segment_id = logic.setTarget("")
+    positive, negative, _ = logic.promptNodes()
+    click(logic, positive, centre)
+    written = segment_array(logic, segment_id)
+    module = sys.modules["KA2ERSegment"]
+    write_region = module.write_region
+
+    def fails_once(*args):
+        monkeypatch.setattr(module, "write_region", write_region)
+        raise RuntimeError("the segmentation could not be changed")
+
+    monkeypatch.setattr(module, "write_region", fails_once)
+    click(logic, negative, centre + np.array([0.0, 0.0, 12.0]), positive=False)
+    assert logic.errors == ["the segmentation could not be changed"]
+    np.testing.assert_array_equal(segment_array(logic, segment_id), written)
+    click(logic, positive, centre + np.array([0.0, 3.0, 0.0]))  # starts again from the segment
+    np.testing.assert_array_equal(segment_array(logic, segment_id), logic.session.mask)
+    assert logic.session.undo_depth == 1 and negative.GetNumberOfControlPoints() == 0
+
+
+def test_a_volume_chosen_in_the_parameter_node_is_given_to_the_session_before_the_next_click(
+        slicer, logic):
+    first, _, _, centre = oblique_ball_volume(slicer)
+    logic.setVolume(first)
+    logic.setTarget("")
+    positive, _, _ = logic.promptNodes()
+    click(logic, positive, centre)
+    second, _, ball, centre = oblique_ball_volume(slicer, shape=(30, 40, 44))
+    parameters = logic.parameterNode  # as the panel's selectors, or a scene being loaded, set it
+    parameters.volume, parameters.segmentation, parameters.segmentId = second, None, ""
+    segment_id = logic.setTarget("")
+    click(logic, positive, centre)
+    assert logic.errors == [] and logic.session.volume.shape == ball.shape
+    assert dice(segment_array(logic, segment_id), ball) > 0.5
+
+
+def test_the_choices_live_in_the_parameter_node_and_a_new_logic_carries_on_from_them(slicer, logic):
+    volume, _, ball, centre = oblique_ball_volume(slicer)
+    logic.setVolume(volume)
+    segment_id = logic.setTarget("")
+    positive, _, _ = logic.promptNodes()
+    click(logic, positive, centre)
+    member = logic.session.members[-1]
+    logic.setMember(member)
+    logic.worker.wait()
+    stored = slicer.mrmlScene.GetSingletonNode("KA2ERSegment", "vtkMRMLScriptedModuleNode")
+    assert stored.GetNodeReferenceID("volume") == volume.GetID()
+    assert stored.GetNodeReferenceID("segmentation") == logic.segmentationNode.GetID()
+    assert {name: stored.GetParameter(name) for name in ("segmentId", "source", "device", "member")} \
+        == {"segmentId": segment_id, "source": "", "device": "cpu", "member": member}
+
+    # A module reloaded, or a saved scene opened: a new Logic continues from the parameter node.
+    successor = importlib.import_module("KA2ERSegment").KA2ERSegmentLogic()
+    successor.errors, successor.results = [], []
+    successor.onError = successor.errors.append
+    successor.onResult = lambda segment_id, result: successor.results.append(result)
+    try:
+        successor.loadModel(successor.parameterNode.source, device=successor.parameterNode.device)
+        before = segment_array(logic, segment_id)
+        click(successor, positive, centre + np.array([0.0, -3.0, 0.0]))
+        assert successor.errors == [] and successor.session.pinned == member
+        after = segment_array(logic, segment_id)
+        kept = outside(successor.results[-1].region, ball.shape)
+        np.testing.assert_array_equal(after[kept], before[kept])
+        np.testing.assert_array_equal(after, successor.session.mask)
+    finally:
+        successor.cleanup()
+
+
+@pytest.mark.parametrize("removeSingletons", [0, 1], ids=["close scene", "remove singletons too"])
+def test_closing_the_scene_leaves_nothing_behind(slicer, logic, removeSingletons):
+    volume, _, ball, centre = oblique_ball_volume(slicer)
+    logic.setVolume(volume)
+    segment_id = logic.setTarget("")
+    segmentation = logic.segmentationNode
+    positive, _, _ = logic.promptNodes()
+    logic.addPoint(positive, positive.AddControlPointWorld(list(centre)), True)  # queued
+    slicer.mrmlScene.Clear(removeSingletons)
+    logic.worker.wait()
+    assert logic.results == [] and logic.errors == []  # the queued click wrote and said nothing
+    assert not slicer.util.arrayFromSegmentBinaryLabelmap(segmentation, segment_id, volume).any()
+    assert logic.session is None and logic.volume is None and logic.imageNode is None
+    assert (logic.volumeNode, logic.segmentationNode, logic.segmentId) == (None, None, None)
+    assert [observation[0] for observation in logic.Observations] == [slicer.mrmlScene] * 2
+    stored = slicer.mrmlScene.GetSingletonNode("KA2ERSegment", "vtkMRMLScriptedModuleNode")
+    assert logic.parameterNode.parameterNode is stored and logic.parameterNode.device == "auto"
+
+    volume, _, _, centre = oblique_ball_volume(slicer)  # the new scene, before a model is loaded
+    logic.setVolume(volume)
+    logic.setTarget("")
+    click(logic, logic.promptNodes()[0], centre)
+    assert logic.errors == ["no model loaded: press Load model"]
 
 
 def test_clicks_queue_while_the_worker_is_busy_and_a_failed_click_changes_nothing(slicer, logic):
@@ -212,9 +375,7 @@ def test_a_box_from_a_markups_roi_segments_the_object(slicer, logic):
     box.SetSize([30.0, 30.0, 30.0])
     logic.addBox(box)
     logic.worker.wait()
-    written = segment_array(logic, segment_id)
-    assert logic.errors == []
-    assert 2 * (written & ball).sum() / (written.sum() + ball.sum()) > 0.5
+    assert logic.errors == [] and dice(segment_array(logic, segment_id), ball) > 0.5
 
 
 def test_scene_errors_are_one_clear_message_and_change_nothing(slicer):
@@ -230,50 +391,14 @@ def test_scene_errors_are_one_clear_message_and_change_nothing(slicer):
         logic.worker.stop()
 
 
-def test_dependencies_are_installed_once_with_consent(slicer, monkeypatch):
-    from KA2ERSegmentLib import dependencies
-
-    monkeypatch.setitem(dependencies.REQUIREMENTS, "ka2er_not_installed", "ka2er-not-installed>=1")
-    asked, installed = [], []
-    declining = dependencies.DependencyInstaller(lambda text: asked.append(text) or False,
-                                                 installed.append)
-    assert declining.ensure() is False and declining.ensure() is False
-    assert len(asked) == 1 and "ka2er-not-installed>=1" in asked[0] and installed == []
-
-    agreeing = dependencies.DependencyInstaller(lambda text: True, installed.append)
-    with pytest.raises(RuntimeError, match="still missing after installing: ka2er_not_installed"):
-        agreeing.ensure()
-    assert installed == ["ka2er-not-installed>=1"]  # only what is missing
-
-
-def test_a_server_session_does_not_ask_for_torch(slicer, monkeypatch):
-    from KA2ERSegmentLib import dependencies
-
-    find_spec = dependencies.importlib.util.find_spec
-    monkeypatch.setattr(dependencies.importlib.util, "find_spec",
-                        lambda name: None if name in ("torch", "monai") else find_spec(name))
-    asked = []
-    installer = dependencies.DependencyInstaller(lambda text: asked.append(text) or False, print)
-    assert installer.ensure(model=False) is True and asked == []
-    assert installer.ensure() is False and "torch" in asked[0] and "monai" in asked[0]
-
-
-def test_the_module_requires_what_pyproject_requires():
-    sys.path.insert(0, str(MODULE))
-    try:
-        from KA2ERSegmentLib.dependencies import REQUIREMENTS
-    finally:
-        sys.path.remove(str(MODULE))
-    pyproject = tomllib.loads((MODULE.parent / "pyproject.toml").read_text())
-    assert sorted(REQUIREMENTS.values()) == sorted(pyproject["project"]["dependencies"])
-
-
-@pytest.mark.parametrize("file, correct, misspelled", [
-    ("KA2ERSegmentLib/geometry.py", "GetNthControlPointPositionWorld", "GetNthControlPointWorldPosition"),
-    ("KA2ERSegmentLib/segments.py", "SetBinaryLabelmapToSegment", "SetBinaryLabelMapToSegment"),
+@pytest.mark.parametrize("file, correct, misspelled, surfaces", [
+    ("KA2ERSegmentLib/geometry.py", "GetNthControlPointPositionWorld", "GetNthControlPointWorldPosition",
+     "raised"),  # reading the prompt, at once
+    ("KA2ERSegmentLib/segments.py", "SetBinaryLabelmapToSegment", "SetBinaryLabelMapToSegment",
+     "reported"),  # writing the result, after the engine answered
 ])
 def test_a_misspelled_slicer_method_in_the_module_fails_these_tests(slicer, tmp_path, monkeypatch,
-                                                                    file, correct, misspelled):
+                                                                    file, correct, misspelled, surfaces):
     """The stand-in has only the catalog's methods, so a Logic calling a wrong name cannot pass."""
     copy = tmp_path / "KA2ERSegment"
     shutil.copytree(MODULE, copy, ignore=shutil.ignore_patterns("__pycache__", "Resources"))
@@ -286,8 +411,8 @@ def test_a_misspelled_slicer_method_in_the_module_fails_these_tests(slicer, tmp_
     module = importlib.import_module("KA2ERSegment")
     assert Path(module.__file__).parent == copy
     logic = module.KA2ERSegmentLogic()
-    errors = []
-    logic.onError = errors.append
+    outcome = {"raised": [], "reported": []}
+    logic.onError = outcome["reported"].append
     try:
         logic.loadModel("", device="cpu")
         volume, _, _, centre = oblique_ball_volume(slicer)
@@ -296,9 +421,10 @@ def test_a_misspelled_slicer_method_in_the_module_fails_these_tests(slicer, tmp_
         positive, _, _ = logic.promptNodes()
         try:
             click(logic, positive, centre)
-        except AttributeError as error:  # raised at once (the prompt) ...
-            errors.append(str(error))
-        assert len(errors) == 1 and misspelled in errors[0]  # ... or reported (the write)
+        except AttributeError as error:
+            outcome["raised"].append(str(error))
+        assert len(outcome[surfaces]) == 1 and misspelled in outcome[surfaces][0]
+        assert sum(map(len, outcome.values())) == 1
     finally:
         logic.worker.stop()
 

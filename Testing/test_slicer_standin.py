@@ -1,4 +1,8 @@
-"""The Slicer stand-in offers only catalog names, and its geometry agrees with SimpleITK."""
+"""The Slicer stand-in offers only catalog names, its geometry agrees with SimpleITK, and its scene
+close, parameter node wrapper and segment events follow Slicer's semantics."""
+
+import sys
+from typing import Annotated
 
 import numpy as np
 import pytest
@@ -9,6 +13,8 @@ from vtk.util.numpy_support import vtk_to_numpy
 import slicer_standin
 from conftest import random_ijk_to_ras
 from slicer_catalog import SCRIPTED, UTIL, SlicerCatalog
+
+WRAPPER = "Base/Python/slicer/parameterNodeWrapper/"
 
 LPS_FROM_RAS = np.diag([-1.0, -1.0, 1.0])
 SHAPE_KJI = (6, 8, 10)
@@ -58,26 +64,27 @@ def test_the_catalog_check_catches_a_misspelled_method(catalog):
 def test_util_and_scripted_names_are_in_the_catalog(catalog, slicer):
     util_names = {name for name in vars(slicer.util) if not name.startswith("_")}
     assert util_names and util_names <= catalog.util_names
-    assert "arrayFromVolum" not in catalog.util_names
     mixin = set(catalog.python[UTIL]["classes"]["VTKObservationMixin"]["methods"])
     assert defined_names(slicer.util.VTKObservationMixin, str.isalpha) <= mixin
     for name, cls in vars(slicer.ScriptedLoadableModule).items():
         if not name.startswith("_"):
             known = set(catalog.python[SCRIPTED]["classes"][name]["methods"])
             assert defined_names(cls, str.isalpha) <= known
+    wrapper_names = {name for path, entry in catalog.python.items() if path.startswith(WRAPPER)
+                     for name in (*entry["functions"], *entry["classes"])}
+    assert set(vars(slicer.parameterNodeWrapper)) - {"__name__", "__doc__", "__package__", "__loader__",
+                                                     "__spec__"} <= wrapper_names
 
 
 # --- module, scene, util -----------------------------------------------------------------------------
 
 def test_install_gives_a_fresh_scene_and_uninstall_removes_the_modules(slicer):
-    import sys
-
     slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "CT")
     assert sys.modules["slicer.util"] is slicer.util
     fresh = slicer_standin.install()
     assert fresh.mrmlScene.GetFirstNodeByName("CT") is None and sys.modules["slicer"] is fresh
     slicer_standin.uninstall()
-    assert not {"slicer", "slicer.util", "slicer.ScriptedLoadableModule"} & set(sys.modules)
+    assert not set(slicer_standin.MODULE_NAMES) & set(sys.modules)
 
 
 def test_scene_ids_names_and_lookups(slicer):
@@ -115,13 +122,77 @@ def test_matrix_conversions_round_trip(slicer, rng):
     np.testing.assert_allclose(slicer.util.arrayFromVTKMatrix(matrix), ijk_to_ras, atol=1e-12)
 
 
-def test_displays_and_pip_are_recorded(slicer):
-    slicer.util.errorDisplay("failed", windowTitle="KA2ER")
-    slicer.standin_confirm = False
-    assert slicer.util.confirmOkCancelDisplay("install torch?") is False
-    slicer.util.pip_install("torch==2.4")
-    assert slicer.standin_messages == [("error", "failed"), ("confirm", "install torch?")]
-    assert slicer.standin_pip == ["torch==2.4"]
+def test_closing_the_scene_resets_singletons_and_removes_the_rest(slicer):
+    scene, seen = slicer.mrmlScene, []
+
+    def count():
+        return scene.GetNodesByClass("vtkMRMLNode").GetNumberOfItems()
+
+    for event in (scene.StartCloseEvent, scene.EndCloseEvent):
+        scene.AddObserver(event, lambda caller, name, event=event: seen.append((event, count())))
+    volume = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "CT")
+    singleton = scene.CreateNodeByClass("vtkMRMLScriptedModuleNode")
+    singleton.SetSingletonTag("Module")
+    scene.AddNode(singleton)
+    singleton.SetParameter("threshold", "100")
+    singleton.SetNodeReferenceID("input", volume.GetID())
+    singleton.SetAttribute("ModuleName", "Module")
+    assert (singleton.GetID(), volume.GetID()) == ("vtkMRMLScriptedModuleNodeModule",
+                                                   "vtkMRMLScalarVolumeNode1")
+    scene.Clear(0)
+    assert seen == [(scene.StartCloseEvent, 2), (scene.EndCloseEvent, 1)]
+    assert scene.GetSingletonNode("Module", "vtkMRMLScriptedModuleNode") is singleton
+    assert singleton.GetParameterNames() == [] and singleton.GetNodeReference("input") is None
+    assert singleton.GetAttribute("ModuleName") is None and singleton.GetSingletonTag() == "Module"
+    assert scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode").GetID() == "vtkMRMLScalarVolumeNode1"
+    scene.Clear(1)
+    assert count() == 0
+
+
+def test_the_logic_parameter_node_is_the_scenes_singleton_for_the_module(slicer):
+    class ThresholdLogic(slicer.ScriptedLoadableModule.ScriptedLoadableModuleLogic):
+        pass
+
+    node = ThresholdLogic().getParameterNode()
+    assert ThresholdLogic().getParameterNode() is node
+    assert (node.GetSingletonTag(), node.GetAttribute("ModuleName"), node.GetName()) \
+        == ("Threshold", "Threshold", "Threshold")
+    slicer.mrmlScene.Clear(0)
+    assert ThresholdLogic().getParameterNode() is node and node.GetAttribute("ModuleName") == "Threshold"
+
+
+def test_parameter_node_wrapper_keeps_typed_members_in_the_node(slicer):
+    wrapper = slicer.parameterNodeWrapper
+
+    @wrapper.parameterNodeWrapper
+    class Parameters:
+        volume: slicer.vtkMRMLScalarVolumeNode
+        name: str
+        mode: Annotated[str, wrapper.Choice(["fast", "exact"])] = "fast"
+
+    node = slicer.mrmlScene.CreateNodeByClass("vtkMRMLScriptedModuleNode")
+    node.SetSingletonTag("Module")
+    slicer.mrmlScene.AddNode(node)
+    node.SetParameter("name", "kept")
+    parameters = Parameters(node)
+    assert (parameters.volume, parameters.name, parameters.mode) == (None, "kept", "fast")
+    assert sorted(node.GetParameterNames()) == ["mode", "name", "volume"]
+    volume = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode")
+    parameters.volume, parameters.mode = volume, "exact"
+    assert node.GetNodeReferenceID("volume") == volume.GetID() and node.GetParameter("mode") == "exact"
+    assert Parameters(node).volume is volume
+    with pytest.raises(TypeError):
+        parameters.volume = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+    with pytest.raises(ValueError):
+        parameters.mode = "slow"
+    with pytest.raises(ValueError):
+        parameters.name = None
+    slicer.mrmlScene.Clear(0)  # resets the node: a member read again is its default again
+    assert parameters.mode == "fast" and node.GetParameter("mode") == "fast"
+    with pytest.raises(NotImplementedError, match="cannot store"):
+        @wrapper.parameterNodeWrapper
+        class Unsupported:
+            threshold: float
 
 
 # --- markups, transforms, geometry against SimpleITK -------------------------------------------------
@@ -153,9 +224,7 @@ def add_transform(slicer, matrix, parent=None):
 @pytest.mark.parametrize("transformed", [False, True])
 def test_fiducial_maps_to_the_voxel_simpleitk_names(slicer, rng, transformed):
     ijk_to_ras = random_ijk_to_ras(rng)
-    volume = slicer.util.addVolumeFromArray(np.zeros(SHAPE_KJI, np.uint8), ijk_to_ras, "CT")
-    ras_to_ijk = vtk.vtkMatrix4x4()
-    volume.GetRASToIJKMatrix(ras_to_ijk)
+    slicer.util.addVolumeFromArray(np.zeros(SHAPE_KJI, np.uint8), ijk_to_ras, "CT")
     fiducials = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "P")
     to_world = np.eye(4)
     if transformed:
@@ -170,7 +239,7 @@ def test_fiducial_maps_to_the_voxel_simpleitk_names(slicer, rng, transformed):
         world = [0.0, 0.0, 0.0]
         fiducials.GetNthControlPointPositionWorld(n, world)
         np.testing.assert_allclose(world, ras, atol=1e-9)
-        voxel = np.round(slicer.util.arrayFromVTKMatrix(ras_to_ijk) @ [*world, 1.0])[:3]
+        voxel = np.round(np.linalg.solve(ijk_to_ras, [*world, 1.0]))[:3]
         lps = (LPS_FROM_RAS @ world).tolist()
         assert tuple(voxel.astype(int)) == image.TransformPhysicalPointToIndex(lps)
 
@@ -226,7 +295,6 @@ def test_markup_events_and_observation_mixin(slicer):
     observer.removeObservers()
     fiducials.AddControlPoint([1.0, 0.0, 0.0], "b")
     assert len(events) == 2 and observer.Observations == []
-    assert fiducials.GetNthControlPointLabel(1) == "b"
     fiducials.RemoveNthControlPoint(0)
     assert fiducials.GetNumberOfControlPoints() == 1
     fiducials.RemoveAllControlPoints()
@@ -257,12 +325,10 @@ def segment_array(slicer, node, segment_id, volume):
 def test_segments_ids_and_names(slicer):
     segmentation = slicer.vtkMRMLSegmentationNode().GetSegmentation()
     assert [segmentation.AddEmptySegment() for _ in range(2)] == ["Segment_1", "Segment_2"]
-    assert segmentation.AddEmptySegment("", "tumour", [1.0, 0.0, 0.0]) == "Segment_3"
-    assert segmentation.GetSegmentIdBySegmentName("tumour") == "Segment_3"
-    assert segmentation.GetSegment("Segment_3").GetColor() == (1.0, 0.0, 0.0)
-    assert segmentation.GetSegmentIdBySegmentName("none") == ""
-    segmentation.RemoveSegment("Segment_1")
-    assert segmentation.GetNumberOfSegments() == 2 and segmentation.GetNthSegmentID(0) == "Segment_2"
+    assert segmentation.AddEmptySegment("", "tumour") == "Segment_3"
+    assert segmentation.AddEmptySegment("Segment_3") == "Segment_3_1"
+    assert segmentation.GetSegment("Segment_3").GetName() == "tumour"
+    assert segmentation.GetNumberOfSegments() == 4 and segmentation.GetNthSegmentID(1) == "Segment_2"
 
 
 def test_labelmap_replaces_exactly_its_extent_and_leaves_other_segments(slicer, rng):
@@ -288,48 +354,65 @@ def test_labelmap_replaces_exactly_its_extent_and_leaves_other_segments(slicer, 
     shifted = slicer.util.addVolumeFromArray(np.zeros(SHAPE_KJI), ijk_to_ras @ np.diag([2, 1, 1, 1]))
     with pytest.raises(ValueError, match="reference grid"):  # the stand-in does not resample
         node.SetReferenceImageGeometryParameterFromVolumeNode(shifted)
+    with pytest.raises(NotImplementedError, match="merge mode"):  # nor merge
+        logic.SetBinaryLabelmapToSegment(labelmap, node, target, logic.MODE_REPLACE + 1)
 
 
-@pytest.mark.parametrize("change", ["spacing", "half voxel", "segmentation transformed"])
-def test_a_labelmap_off_the_reference_grid_raises(slicer, rng, change):
+HALF_VOXEL_IN_J = np.eye(4)
+HALF_VOXEL_IN_J[1, 3] = 0.5
+OFF_GRID = {"spacing": np.diag([1.001, 1.0, 1.0, 1.0]), "half voxel": HALF_VOXEL_IN_J}
+"""Changes of a grid, in index space (right-multiplied onto its IJK to RAS)."""
+
+
+@pytest.mark.parametrize("change", OFF_GRID)
+def test_a_labelmap_or_volume_off_the_reference_grid_raises(slicer, rng, change):
     ijk_to_ras = random_ijk_to_ras(rng)
     volume = slicer.util.addVolumeFromArray(np.zeros(SHAPE_KJI, np.uint8), ijk_to_ras, "CT")
     node = segmentation_on(slicer, volume)
     segment = node.GetSegmentation().AddEmptySegment()
-    wrong = ijk_to_ras.copy()
-    if change == "spacing":
-        wrong[:3, 0] *= 1.001
-    elif change == "half voxel":
-        wrong[:3, 3] += 0.5 * ijk_to_ras[:3, 1]
-    else:  # the reference grid is in the segmentation's coordinates: world ones are wrong
-        node.SetAndObserveTransformNodeID(add_transform(slicer, random_rigid(rng)).GetID())
-        node.SetReferenceImageGeometryParameterFromVolumeNode(volume)
+    wrong = ijk_to_ras @ OFF_GRID[change]
     labelmap = labelmap_on(slicer, (0, 1, 0, 1, 0, 1), wrong, np.ones(8))
     with pytest.raises(ValueError, match="reference grid"):
         slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(labelmap, node, segment)
-    if change == "segmentation transformed":
-        to_segmentation = np.linalg.inv(node.GetParentTransformNode()._to_parent) @ ijk_to_ras
-        slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(
-            labelmap_on(slicer, (0, 1, 0, 1, 0, 1), to_segmentation, np.ones(8)), node, segment)
-        assert segment_array(slicer, node, segment, volume).sum() == 8
-    else:
-        other_volume = slicer.util.addVolumeFromArray(np.zeros(SHAPE_KJI, np.uint8), wrong, "other")
-        with pytest.raises(ValueError, match="reference grid"):
-            segment_array(slicer, node, segment, other_volume)
+    other_volume = slicer.util.addVolumeFromArray(np.zeros(SHAPE_KJI, np.uint8), wrong, "other")
+    with pytest.raises(ValueError, match="reference grid"):
+        segment_array(slicer, node, segment, other_volume)
 
 
-def test_merge_modes(slicer):
-    volume = slicer.util.addVolumeFromArray(np.zeros((1, 1, 4), np.uint8), np.eye(4), "CT")
+def test_a_transformed_segmentation_takes_labelmaps_in_its_own_coordinates(slicer, rng):
+    ijk_to_ras = random_ijk_to_ras(rng)
+    volume = slicer.util.addVolumeFromArray(np.zeros(SHAPE_KJI, np.uint8), ijk_to_ras, "CT")
     node = segmentation_on(slicer, volume)
+    transform = add_transform(slicer, random_rigid(rng))
+    node.SetAndObserveTransformNodeID(transform.GetID())
+    node.SetReferenceImageGeometryParameterFromVolumeNode(volume)
     segment = node.GetSegmentation().AddEmptySegment()
     logic = slicer.vtkSlicerSegmentationsModuleLogic
-    slicer.util.updateSegmentBinaryLabelmapFromArray(np.array([[[1, 1, 0, 0]]]), node, segment, volume)
-    labelmap = labelmap_on(slicer, (0, 3, 0, 0, 0, 0), np.eye(4), np.array([1, 0, 1, 0]))
-    for mode, expected in [(logic.MODE_MERGE_MAX, [1, 1, 1, 0]), (logic.MODE_MERGE_MIN, [1, 0, 1, 0])]:
-        logic.SetBinaryLabelmapToSegment(labelmap, node, segment, mode)
-        assert segment_array(slicer, node, segment, volume).ravel().tolist() == expected
-    with pytest.raises(NotImplementedError):
-        logic.SetBinaryLabelmapToSegment(labelmap, node, segment, logic.MODE_MERGE_MASK)
+    with pytest.raises(ValueError, match="reference grid"):  # world coordinates are wrong here
+        logic.SetBinaryLabelmapToSegment(labelmap_on(slicer, (0, 1, 0, 1, 0, 1), ijk_to_ras,
+                                                     np.ones(8)), node, segment)
+    to_segmentation = np.linalg.inv(transform._to_parent) @ ijk_to_ras
+    logic.SetBinaryLabelmapToSegment(labelmap_on(slicer, (0, 1, 0, 1, 0, 1), to_segmentation,
+                                                 np.ones(8)), node, segment)
+    assert segment_array(slicer, node, segment, volume).sum() == 8
+
+
+def test_a_segment_content_change_is_announced_with_its_id(slicer):
+    volume = slicer.util.addVolumeFromArray(np.zeros((2, 2, 2), np.uint8), np.eye(4), "CT")
+    node = segmentation_on(slicer, volume)
+    segment = node.GetSegmentation().AddEmptySegment()
+    heard = []
+
+    @vtk.calldata_type(vtk.VTK_STRING)
+    def hear(caller, event, segmentId=None):
+        heard.append((caller, segmentId))
+
+    for notifier in (node.GetSegmentation(), node):
+        notifier.AddObserver(slicer.vtkSegmentation.SourceRepresentationModified, hear)
+    slicer.util.updateSegmentBinaryLabelmapFromArray(np.ones((2, 2, 2)), node, segment, volume)
+    slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(
+        labelmap_on(slicer, (0, 1, 0, 1, 0, 1), np.eye(4), np.zeros(8)), node, segment)
+    assert heard == [(node.GetSegmentation(), segment), (node, segment)] * 2
 
 
 def test_every_extent_corner_case_stays_inside_the_segment(slicer):

@@ -1,15 +1,20 @@
 """The module's .ui file uses only known widget classes and defines every ``self.ui.<name>`` the
-module reads; the checks catch misspellings; the panel renders to a PNG with plain Qt."""
+module reads; the widgets it binds to the parameter node fit their members; the checks catch
+misspellings; the panel renders to a PNG with plain Qt."""
 
+import importlib
 import os
 import subprocess
 import sys
 import textwrap
+import types
+import typing
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
 
+import slicer_standin
 from slicer_catalog import SlicerCatalog
 from slicer_ui import ui_names, ui_problems, unknown_classes
 
@@ -55,9 +60,44 @@ def test_unknown_class_is_reported(catalog, tmp_path):
 
 
 def test_module_uses_only_ui_names():
-    if not MODULE.exists():
-        pytest.skip(f"{MODULE.name} is not written yet")
     assert ui_problems(MODULE.read_text(encoding="utf-8"), UI, str(MODULE)) == []
+
+
+@pytest.fixture
+def parameter_members(monkeypatch):
+    """The module's parameter node members and their types, read with the Slicer stand-in."""
+    slicer_standin.install()
+    monkeypatch.setitem(sys.modules, "qt", types.ModuleType("qt"))
+    monkeypatch.syspath_prepend(str(MODULE.parent))
+    for name in [n for n in sys.modules if n == "KA2ERSegment" or n.startswith("KA2ERSegmentLib")]:
+        monkeypatch.delitem(sys.modules, name)
+    module = importlib.import_module("KA2ERSegment")
+    yield typing.get_type_hints(module.KA2ERSegmentParameterNode, include_extras=True)
+    slicer_standin.uninstall()
+
+
+def offered(widget) -> tuple:
+    """What a .ui widget offers a parameter: node classes (a node combo box) or items (a combo box)."""
+    if widget.get("class") == "qMRMLNodeComboBox":
+        return "nodes", tuple(s.text for s in widget.find("property[@name='nodeTypes']").iter("string"))
+    return "items", tuple(item.findtext("property[@name='text']/string") for item in widget.iter("item"))
+
+
+def needed(hint) -> tuple:
+    """What Slicer's connectGui needs for a member: its node class, or the choices of a str."""
+    if typing.get_origin(hint) is not typing.Annotated:
+        return "nodes", (hint.__name__,)
+    return "items", tuple(choice for annotation in typing.get_args(hint)[1:]
+                          for choice in annotation.choices)
+
+
+def test_widgets_bound_to_the_parameter_node_fit_their_members(parameter_members):
+    bound = {widget.findtext("property[@name='SlicerParameterName']/string"): widget
+             for widget in ET.parse(UI).getroot().iter("widget")
+             if widget.find("property[@name='SlicerParameterName']") is not None}
+    assert bound and set(bound) <= set(parameter_members)
+    assert {member: offered(widget) for member, widget in bound.items()} \
+        == {member: needed(parameter_members[member]) for member in bound}
 
 
 def test_misspelled_ui_name_is_reported():

@@ -2,8 +2,9 @@
 
 Slicer cannot be installed here; the catalog lists the names of its scriptable API, read from
 Slicer's own sources. VTK's own classes are not in it: they are introspected from the ``vtk``
-package. :meth:`SlicerCatalog.check` walks a module's AST and reports every ``slicer.*`` name and
-every MRML/VTK-style method call (``obj.CapitalisedName(...)``) that neither knows. Calls on other
+package. :meth:`SlicerCatalog.check` walks a module's AST and reports every ``slicer.*`` name (also
+``from slicer... import name``) and every MRML/VTK-style method call (``obj.CapitalisedName(...)``)
+that neither knows. Calls on other
 imported modules (``threading.Thread()``) are not methods; ``qt.Name`` must be a Qt class (PySide6 is
 the reference for PythonQt's ``qt`` module).
 """
@@ -53,6 +54,20 @@ class SlicerCatalog:
     def scripted_names(self) -> set[str]:
         return set(self.python[SCRIPTED]["classes"])
 
+    def module_names(self, module: str) -> set[str]:
+        """Top-level functions and classes of Slicer's Python module ``module`` (a package: of all
+        its files, which its ``__init__`` imports with ``*``); empty if the catalog has no such module."""
+        path = "Base/Python/" + module.replace(".", "/")
+        return {name for file, entry in self.python.items()
+                if file == path + ".py" or file.startswith(path + "/")
+                for name in (*entry["functions"], *entry["classes"])}
+
+    def imported_name_known(self, module: str, name: str) -> bool:
+        """Whether ``from <module> import <name>`` names something in Slicer's ``module``."""
+        if module == "slicer":
+            return name in RUNTIME_NAMES or self.has_class(name)
+        return name in self.module_names(module)
+
     def vtk_class(self, name: str):
         import vtk
 
@@ -91,6 +106,11 @@ class SlicerCatalog:
         problems = []
         for node in ast.walk(tree):
             where = f"{filename}:{getattr(node, 'lineno', 0)}"
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module \
+                    and node.module.split(".")[0] == "slicer":
+                problems += [f"{where}: from {node.module} import {alias.name} is not in the catalog"
+                             for alias in node.names
+                             if not self.imported_name_known(node.module, alias.name)]
             if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
                 owner, name = node.value.id, node.attr
                 if owner == "vtk" and self.vtk_class(name) is None:

@@ -16,6 +16,10 @@ def catalog():
 
 GOOD = textwrap.dedent("""
     import slicer, vtk
+    from slicer import vtkMRMLScalarVolumeNode
+    from slicer.parameterNodeWrapper import parameterNodeWrapper
+    from slicer.ScriptedLoadableModule import ScriptedLoadableModuleLogic
+    from slicer.util import VTKObservationMixin
     node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode")
     matrix = vtk.vtkMatrix4x4()
     node.GetIJKToRASMatrix(matrix)
@@ -45,6 +49,10 @@ def test_correct_slicer_calls_pass(catalog):
     ("vtk.vtkMatrix4x4", "vtk.vtkMatrix4x5"),
     ("GetNthControlPointPositionWorld", "GetNthControlPointPositionWrld"),
     ("qt.QTimer", "qt.QTimmer"),
+    ("import vtkMRMLScalarVolumeNode", "import vtkMRMLScalarVolumeNod"),
+    ("import parameterNodeWrapper", "import parameterNodeWraper"),
+    ("import ScriptedLoadableModuleLogic", "import ScriptedLoadableModuleLogc"),
+    ("from slicer.util import", "from slicer.utils import"),
 ])
 def test_a_misspelled_name_is_reported(catalog, correct, misspelled):
     source = GOOD.replace(correct, misspelled)

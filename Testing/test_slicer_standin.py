@@ -14,8 +14,6 @@ import slicer_standin
 from conftest import random_ijk_to_ras
 from slicer_catalog import SCRIPTED, UTIL, SlicerCatalog
 
-WRAPPER = "Base/Python/slicer/parameterNodeWrapper/"
-
 LPS_FROM_RAS = np.diag([-1.0, -1.0, 1.0])
 SHAPE_KJI = (6, 8, 10)
 
@@ -70,10 +68,8 @@ def test_util_and_scripted_names_are_in_the_catalog(catalog, slicer):
         if not name.startswith("_"):
             known = set(catalog.python[SCRIPTED]["classes"][name]["methods"])
             assert defined_names(cls, str.isalpha) <= known
-    wrapper_names = {name for path, entry in catalog.python.items() if path.startswith(WRAPPER)
-                     for name in (*entry["functions"], *entry["classes"])}
-    assert set(vars(slicer.parameterNodeWrapper)) - {"__name__", "__doc__", "__package__", "__loader__",
-                                                     "__spec__"} <= wrapper_names
+    wrapper_names = {name for name in vars(slicer.parameterNodeWrapper) if not name.startswith("__")}
+    assert wrapper_names and wrapper_names <= catalog.module_names("slicer.parameterNodeWrapper")
 
 
 # --- module, scene, util -----------------------------------------------------------------------------

@@ -7,7 +7,7 @@ from ka2er_core.data import PHANTOM_LABELS, ct_phantom
 from ka2er_core.errors import EmptyMaskError
 from ka2er_core.evaluation.baseline import RandomWalkerSession
 from ka2er_core.evaluation.protocol import dice, run_protocol
-from ka2er_core.training.clicks import first_prompts, next_click
+from ka2er_core.modelspace.clicks import first_prompts, next_click
 
 
 def test_next_click_targets_the_largest_error():

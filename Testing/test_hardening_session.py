@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-import ka2er_core.inference.session as session_module
+import ka2er_core.modelspace.paste as paste_module
 from ka2er_core.bundle import Bundle, Segmenter
 from ka2er_core.inference import InteractiveSession
 from ka2er_core.modeling import ModelConfig, PromptableSegmenter
@@ -37,7 +37,7 @@ def test_a_fault_in_a_refinement_tile_leaves_the_mask_and_its_history_as_they_we
         slabs_session, monkeypatch):
     session = slabs_session
     session.set_target("slabs")
-    rendered = session_module.sample_logits
+    rendered = paste_module.sample_logits
     calls = []
 
     def second_piece_fails(*args, **kwargs):
@@ -46,20 +46,20 @@ def test_a_fault_in_a_refinement_tile_leaves_the_mask_and_its_history_as_they_we
             raise RuntimeError("out of memory in the first refinement tile")
         return rendered(*args, **kwargs)
 
-    monkeypatch.setattr(session_module, "sample_logits", second_piece_fails)
+    monkeypatch.setattr(paste_module, "sample_logits", second_piece_fails)
     with pytest.raises(RuntimeError, match="refinement tile"):
         session.add_point((97.0, 100.0, 30.0))
     assert len(calls) == 2
     assert not session.mask.any()
-    assert session.undo_depth == 0 and session.target.prompts == [] and session.target.crop is None
+    assert session.undo_depth == 0 and session.target.prompts == [] and session.target.answer is None
 
     calls.clear()
-    monkeypatch.setattr(session_module, "sample_logits", rendered)
+    monkeypatch.setattr(paste_module, "sample_logits", rendered)
     result = session.add_point((97.0, 100.0, 30.0))  # the same click, nothing failing: pieces pasted
     assert session.mask.any() and session.undo_depth == 1 and result.region is not None
     first = session.mask.copy()
 
-    monkeypatch.setattr(session_module, "sample_logits", second_piece_fails)
+    monkeypatch.setattr(paste_module, "sample_logits", second_piece_fails)
     with pytest.raises(RuntimeError, match="refinement tile"):  # a new box over the same target
         session.add_box((60.0, 60.0, 15.0), (140.0, 140.0, 45.0))
     np.testing.assert_array_equal(session.mask, first)

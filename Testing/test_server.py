@@ -17,7 +17,7 @@ from ka2er_core.server.app import Limits, create_app
 from ka2er_core.server.client import AuthenticationError, RemoteError, RemoteSession, ServerUnavailableError
 from ka2er_core.server.serve import BackgroundServer, ServerConfigError, check_config
 from ka2er_core.server.wire import WireError, decode_array, encode_array, encode_volume
-from ka2er_core.training.clicks import component_centre
+from ka2er_core.modelspace.clicks import component_centre
 
 TOKEN = "t0ken-for-the-loopback-tests-only"
 

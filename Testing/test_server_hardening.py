@@ -18,7 +18,7 @@ from ka2er_core import load_bundle
 from ka2er_core.cli import main
 from ka2er_core.inference import InteractiveSession
 from ka2er_core.server.app import Limits, create_app
-from ka2er_core.server.sessions import SessionGone, SessionStore, SessionTooLarge, session_bytes
+from ka2er_core.server.sessions import SessionGone, SessionStore, SessionTooLarge
 from ka2er_core.server.wire import encode_array, encode_volume
 from ka2er_core.volume import Volume
 from test_server import TOKEN, LiveServer, clicks_on, phantom
@@ -321,8 +321,9 @@ def test_the_undo_history_counts_in_a_sessions_bytes(bundle):
         session.add_point(point)
     kept = len(session.target.history) - 1  # the first prompt had no answer before it
     assert kept == 2
-    extra = session_bytes(session) - session.memory_bytes
-    assert extra == kept * session.target.crop.logits.nbytes
+    held = (subject.image.array.nbytes + session.mask.nbytes + session.embeddings.memory_bytes
+            + sum(old.nbytes for step in session.target.history for _, old in step.pasted))
+    assert session.memory_bytes - held == (kept + 1) * session.target.answer.logits.nbytes
 
 
 def test_half_open_connections_are_closed_within_the_read_timeout(served):

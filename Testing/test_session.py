@@ -12,7 +12,8 @@ from ka2er_core.bundle import Bundle, Segmenter
 from ka2er_core.errors import GeometryMismatchError, PromptError
 from ka2er_core.geometry import ijk_to_ras_points, ras_to_ijk, ras_to_lps
 from ka2er_core.inference import InteractiveSession
-from ka2er_core.inference.crops import plan_crop, region_slices, sample_logits
+from ka2er_core.modelspace import plan_crop
+from ka2er_core.modelspace.paste import region_slices, sample_logits
 from ka2er_core.modeling import ModelConfig, PromptableSegmenter
 from ka2er_core.modeling.normalization import Normalization
 
@@ -143,7 +144,7 @@ def test_object_larger_than_the_crop_zooms_out(bundle, volume, monkeypatch):
     monkeypatch.setattr(bundle.default.model, "decode", everything)
     session.add_point((100.0, 100.0, 30.0))
     assert len(crops) > 1
-    assert session.target.crop.grid.spacing[0] == pytest.approx(4.0)
+    assert session.target.answer.crop.grid.spacing[0] == pytest.approx(4.0)
     # 64 voxels at 4 mm cover 252 mm: the whole 200 x 200 x 60 mm volume is foreground.
     assert session.mask.all()
 
@@ -151,7 +152,7 @@ def test_object_larger_than_the_crop_zooms_out(bundle, volume, monkeypatch):
 def test_block_paste_equals_a_full_render_when_only_a_ball_changes(rng, volume):
     """Old and new crop logits differ in one small ball: rendering only the changed cells gives
     exactly the full render of the new logits."""
-    from ka2er_core.inference.crops import changed_cells
+    from ka2er_core.modelspace.paste import changed_cells
 
     crop = plan_crop(centre_ras(volume), centre_ras(volume), 64, 1.0, 4.0)
     k, j, i = np.indices(crop.shape)

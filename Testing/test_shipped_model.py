@@ -13,7 +13,7 @@ from ka2er_core.data import MNI_LABELS, PHANTOM_LABELS, TEST_SEEDS, ct_phantom, 
 from ka2er_core.data.mni import BRAIN_VALUES
 from ka2er_core.evaluation.protocol import dice, run_protocol
 from ka2er_core.geometry import ijk_to_ras_points, ras_to_lps
-from ka2er_core.training.clicks import component_centre, next_click
+from ka2er_core.modelspace.clicks import component_centre, next_click
 
 
 @pytest.fixture(scope="module")

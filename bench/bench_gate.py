@@ -31,7 +31,7 @@ from ka2er_core import InteractiveSession, load_bundle
 from ka2er_core.bundle import STUDENT_BUNDLE, save_moe_bundle
 from ka2er_core.geometry import ijk_to_ras_points, ras_to_ijk
 from ka2er_core.modeling.gate import Gate
-from ka2er_core.training.clicks import next_click
+from ka2er_core.modelspace.clicks import next_click
 
 TASK_MEMBERS = ("task A", "task B")
 
@@ -57,7 +57,7 @@ def clicks_near_crop(session: InteractiveSession, truth: np.ndarray, count: int,
                      rng: np.random.Generator) -> list[np.ndarray]:
     """``count`` RAS points on ``truth`` within 15 mm of the centre of the session's current crop,
     where a correcting click reuses that crop's cached embedding."""
-    volume, crop = session.volume, session.target.crop.grid
+    volume, crop = session.volume, session.target.answer.crop.grid
     centre_ras = ijk_to_ras_points(np.full(3, (crop.shape[0] - 1) / 2), crop.ijk_to_ras)
     centre = ras_to_ijk(centre_ras, volume.ijk_to_ras)[::-1]  # (k, j, i) of the 1 mm volume
     near = np.argwhere(truth)
@@ -123,7 +123,7 @@ def main():
 
     median = statistics.median
     overhead = median(with_gate) - median(without_gate)
-    print(f"volume 256x256x200, crop {routed.target.crop.grid.shape[0]}^3, {len(with_gate)} new "
+    print(f"volume 256x256x200, crop {routed.target.answer.crop.grid.shape[0]}^3, {len(with_gate)} new "
           f"targets started by one click (embeddings cached), {torch.get_num_threads()} threads")
     print(f"routing of a new target (gate)          median {median(gate_ms):6.2f} ms")
     print(f"first click with gate (moe, general)    median {median(with_gate):6.1f} ms")

@@ -25,7 +25,7 @@ from ka2er_core.geometry import ijk_to_ras_points, ras_to_ijk
 from ka2er_core.server.app import create_app
 from ka2er_core.server.client import RemoteSession
 from ka2er_core.server.serve import BackgroundServer
-from ka2er_core.training.clicks import next_click
+from ka2er_core.modelspace.clicks import next_click
 
 TOKEN = "benchmark-token-0123456789"
 
@@ -39,7 +39,7 @@ def record_clicks(session: InteractiveSession, truth: np.ndarray, count: int):
     clicks = [(to_ras(kji), True)]
     times = [session.add_point(*clicks[0]).latency_ms]
     for _ in range(count):
-        crop = session.target.crop.grid
+        crop = session.target.answer.crop.grid
         centre = np.round(ras_to_ijk(ijk_to_ras_points(np.full(3, (crop.shape[0] - 1) / 2),
                                                        crop.ijk_to_ras), volume.ijk_to_ras)).astype(int)
         radius = int(crop.shape[0] * crop.spacing[0] / 5)

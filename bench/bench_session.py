@@ -29,7 +29,7 @@ from ka2er_core.data.mni import MNI_LABELS, mni152
 from ka2er_core.geometry import ijk_to_ras_points, ras_to_ijk
 from ka2er_core.modeling.common import MLP
 from ka2er_core.modeling.transformer import TwoWayTransformer
-from ka2er_core.training.clicks import next_click
+from ka2er_core.modelspace.clicks import next_click
 
 
 class ReferenceEncoder(nn.Module):
@@ -125,7 +125,7 @@ def main():
         protocol_new += session.embeddings_computed > computed
     click_ms = []
     for _ in range(args.clicks):  # local refinement: the largest error near the current crop's centre
-        crop = session.target.crop.grid
+        crop = session.target.answer.crop.grid
         near = np.zeros_like(truth)
         centre = np.round(ras_to_ijk(ijk_to_ras_points(np.full(3, (crop.shape[0] - 1) / 2),
                                                        crop.ijk_to_ras), volume.ijk_to_ras)).astype(int)
@@ -140,7 +140,7 @@ def main():
         if session.embeddings_computed > computed:
             raise RuntimeError("a click near the crop centre computed a new embedding")
         click_ms.append(result.latency_ms)
-    crop = session.target.crop.grid
+    crop = session.target.answer.crop.grid
     embed_ms = time_it(lambda: session.segmenter.model.embed(
         torch.zeros(1, 1, *crop.shape, device=session.device)), 3)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -32,7 +32,7 @@ import slicer_standin  # noqa: E402
 
 from ka2er_core.data.phantoms import PHANTOM_LABELS, ct_phantom  # noqa: E402
 from ka2er_core.geometry import ijk_to_ras_points  # noqa: E402
-from ka2er_core.training.clicks import next_click  # noqa: E402
+from ka2er_core.modelspace.clicks import next_click  # noqa: E402
 
 SHAPE = (300, 512, 512)  # (k, j, i)
 

@@ -29,7 +29,7 @@ from .volume import Grid, Volume
 
 TARGETS = (("brain", "box", 3), ("white matter", "click", 5))
 """(target, first prompt, prompts). The white matter shares the brain's box, so it starts with a
-click (the protocol's first-prompt rule, :func:`~ka2er_core.training.clicks.first_prompts`)."""
+click (the protocol's first-prompt rule, :func:`~ka2er_core.modelspace.clicks.first_prompts`)."""
 SEED = TEST_SEEDS[0]
 """The held-out MNI152 pseudo-subject the demo segments (never used in training)."""
 IMAGE_FILE = f"mni_t1_{SEED}.nrrd"

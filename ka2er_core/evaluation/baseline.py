@@ -14,7 +14,7 @@ import numpy as np
 from skimage.segmentation import random_walker
 
 from ..geometry import ras_to_ijk
-from ..inference.session import Result
+from ..inference.result import Result
 from ..modeling.normalization import Normalization
 from ..volume import Volume
 

@@ -14,7 +14,8 @@ import numpy as np
 
 from ..errors import EmptyMaskError
 from ..geometry import foreground_bounds, ijk_box_to_ras, ijk_to_ras_points
-from ..training.clicks import next_click
+from ..inference.protocols import Session
+from ..modelspace.clicks import next_click
 from ..volume import Volume
 
 
@@ -41,9 +42,10 @@ class ProtocolRun:
         return {**asdict(self), "noc85": self.clicks_to(0.85), "noc90": self.clicks_to(0.90)}
 
 
-def run_protocol(session, image: Volume, truth: np.ndarray, prompts: int, first: str = "box",
-                 target: str = "target") -> ProtocolRun:
-    """Drive ``session`` (InteractiveSession or RemoteSession, image already set) for one target."""
+def run_protocol(session: Session, image: Volume, truth: np.ndarray, prompts: int,
+                 first: str = "box", target: str = "target") -> ProtocolRun:
+    """Drive ``session`` (any :class:`~ka2er_core.inference.protocols.Session`, image already set)
+    for one target."""
     truth = truth.astype(bool)
     if not truth.any():
         raise EmptyMaskError("the reference mask is empty: nothing to prompt for", path=image.path,

@@ -11,7 +11,7 @@ import numpy as np
 
 from ..data.msd import load_dataset
 from ..io.atomic import atomic_write
-from ..training.clicks import first_prompts
+from ..modelspace.clicks import first_prompts
 from .protocol import run_protocol
 
 
@@ -23,7 +23,7 @@ def evaluate_bundle(bundle_path, folders: Sequence, prompts: int, first: str = "
     :func:`summarise`).
 
     ``first``: "box", "click", or "auto": a box when it identifies the target, else a click (see
-    :func:`~ka2er_core.training.clicks.first_prompts`). ``baseline`` runs the classical random-walker
+    :func:`~ka2er_core.modelspace.clicks.first_prompts`). ``baseline`` runs the classical random-walker
     baseline on the same prompts instead of a bundle. ``refine``: the session refines zoomed-out
     answers with base-spacing tiles (:class:`~ka2er_core.inference.InteractiveSession` ``refine``).
     """

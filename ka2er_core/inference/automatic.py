@@ -16,7 +16,8 @@ from monai.inferers import sliding_window_inference
 
 from ..bundle import Expert
 from ..geometry import resample
-from ..modeling.expert import TaskExpert, image_on_plan_grid
+from ..modeling.expert import TaskExpert
+from ..modelspace.preprocessing import image_on_plan_grid
 from ..volume import Grid, Volume
 from .session import pick_device
 

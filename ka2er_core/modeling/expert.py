@@ -18,8 +18,6 @@ from monai.networks.nets import DynUNet
 from torch import nn
 
 from ..errors import Ka2erError
-from ..geometry import canonical_grid, resample
-from ..volume import Grid, Volume
 from .normalization import Normalization
 
 
@@ -212,23 +210,3 @@ def restore_aliases(aliases: dict[str, str], module, state_dict, prefix, *args) 
     for alias, name in aliases.items():
         if prefix + name in state_dict:
             state_dict[prefix + alias] = state_dict[prefix + name]
-
-
-def image_on_plan_grid(volume: Volume, plan: ExpertPlan) -> tuple[Grid, np.ndarray, float]:
-    """``volume`` resampled (trilinear) to the plan's canonical grid covering it, and normalised.
-
-    The grid is ``canonical_grid`` grown by one voxel on every side, so that every voxel centre of
-    ``volume`` lies strictly inside it and probabilities sampled back (trilinear) never fall off an
-    edge by round-off. Returns the grid, the float32 (k, j, i) array, and the normalised value of
-    voxels outside the volume (its minimum intensity), which is also what patches are padded with.
-    """
-    covering = canonical_grid(volume.grid, plan.spacing)
-    matrix = covering.ijk_to_ras.copy()
-    matrix[:3, 3] -= plan.spacing
-    grid = Grid(tuple(n + 2 for n in covering.shape), matrix)
-    normalization = Normalization(**plan.normalization)
-    stats = normalization.statistics(volume.array)
-    fill = float(np.min(volume.array))
-    array = resample(volume.array, volume.ijk_to_ras, grid, order=1, fill=fill)
-    normalised_fill = float(Normalization.apply(np.float32(fill), stats))
-    return grid, Normalization.apply(array, stats), normalised_fill

@@ -30,7 +30,7 @@ from ..bundle import Bundle
 from ..errors import Ka2erError, PromptError
 from ..inference.session import InteractiveSession
 from .guard import Guard, TokenBuckets
-from .sessions import Entry, SessionGone, SessionStore, SessionTooLarge, session_bytes, short_ids
+from .sessions import Entry, SessionGone, SessionStore, SessionTooLarge, short_ids
 from .wire import WireError, decode_array, decode_volume, encode_array, encode_region
 from .worker import ModelWorker, WorkerBusy
 
@@ -229,7 +229,7 @@ def create_app(bundle: Bundle, token: Optional[str], limits: Limits = Limits(),
 
         def job():
             result = work(entry.session)
-            return result, session_bytes(entry.session)
+            return result, entry.session.memory_bytes
         result, nbytes = await worker.run(job)
         store.update(session_id, nbytes)
         return result

@@ -35,16 +35,6 @@ class SessionTooLarge(RuntimeError):
         self.dropped = dropped
 
 
-def session_bytes(session: InteractiveSession) -> int:
-    """What ``session`` holds beyond the model: :attr:`InteractiveSession.memory_bytes` (image, masks,
-    undo copies of pasted regions, last crop logits, cached embeddings) plus the crop logits each undo
-    step keeps to restore, counted once each."""
-    kept = {id(step.crop.logits): step.crop.logits.nbytes
-            for target in session.targets.values() for step in target.history
-            if step.crop is not None and step.crop is not target.crop}
-    return session.memory_bytes + sum(kept.values())
-
-
 @dataclass
 class Entry:
     session: InteractiveSession

@@ -22,7 +22,8 @@ from torch import nn
 from ..data.msd import load_dataset
 from ..errors import DatasetError
 from ..geometry import resample
-from ..modeling.expert import ExpertPlan, TaskExpert, image_on_plan_grid
+from ..modeling.expert import ExpertPlan, TaskExpert
+from ..modelspace.preprocessing import image_on_plan_grid
 from ..volume import Volume
 from .loop import LoopConfig, distributed_context, train_loop
 from .planning import fingerprint_cases, load_cases, plan_expert

@@ -16,7 +16,7 @@ from ..errors import DatasetError
 from ..modeling import ImageEmbedding, ModelConfig, PromptableSegmenter
 from ..modeling.normalization import Normalization, image_modality, subsample
 from ..modeling.prompt_encoder import NEGATIVE, PAD, POSITIVE
-from .clicks import first_prompts, next_click
+from ..modelspace.clicks import first_prompts, next_click
 from .loop import LoopConfig, distributed_context, train_loop
 from .losses import dice_score, per_item_dice_bce, weighted_mean
 from .samples import CropSample, LabelledImage, make_crop_sample

@@ -7,12 +7,12 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from ..geometry import foreground_bounds, ijk_box_to_ras, ijk_to_ras_points, ras_to_ijk, resample
-from ..inference.crops import plan_crop
+from ..geometry import foreground_bounds, ijk_box_to_ras, ijk_to_ras_points
 from ..modeling.normalization import Normalization
-from ..modeling.prompt_encoder import BOX_HIGH, BOX_LOW, FLAT_BOX_HIGH, FLAT_BOX_LOW, POSITIVE
+from ..modelspace import Box, Crop, Point, plan_crop
+from ..modelspace.clicks import component_centre, jittered_box
+from ..modelspace.preprocessing import outside_value
 from ..volume import Grid, Volume
-from .clicks import component_centre, jittered_box
 
 
 @dataclass
@@ -94,26 +94,16 @@ def make_crop_sample(item: LabelledImage, target: str, values: Sequence[int], no
     centre_ras = ijk_to_ras_points(np.full(3, (crop_size - 1) / 2), matrix)
     matrix[:3, :3] *= jitter
     matrix[:3, 3] = centre_ras - matrix[:3, :3] @ np.full(3, (crop_size - 1) / 2)
-    crop = Grid(crop.shape, matrix)
+    crop = Crop(Grid(crop.grid.shape, matrix))
 
-    fill = float(volume.array.min())
-    image = resample(volume.array, volume.ijk_to_ras, crop, order=1, fill=fill)
-    image = normalization.apply(image, item.stats)
+    image = crop.sample(volume, normalization, item.stats, outside_value(volume.array))
     image = image * np.exp(rng.uniform(-0.1, 0.1)) + rng.uniform(-0.1, 0.1)  # intensity jitter
     if probability is None:
-        truth = resample(truth_full.astype(np.uint8), volume.ijk_to_ras, crop, order=0) > 0
+        truth = crop.resample(truth_full.astype(np.uint8), volume.grid, order=0) > 0
     else:
-        truth = resample(probability, volume.ijk_to_ras, crop, order=1, fill=0.0).astype(np.float32)
+        truth = crop.resample(probability, volume.grid, order=1, fill=0.0).astype(np.float32)
     if not (truth > 0.5).any():
         return None
-    if use_box:
-        corners = ras_to_ijk(np.array([box_low, box_high]), crop.ijk_to_ras)
-        low, high = corners.min(axis=0), corners.max(axis=0)
-        flat = np.any(high - low < 1.0)
-        coords = np.stack([low, high])
-        labels = np.array([FLAT_BOX_LOW, FLAT_BOX_HIGH] if flat else [BOX_LOW, BOX_HIGH])
-    else:
-        coords = ras_to_ijk(click, crop.ijk_to_ras)[None]
-        labels = np.array([POSITIVE])
-    return CropSample(image.astype(np.float32), truth, coords.astype(np.float32), labels,
-                      item.task, target, crop, item, soft=probability is not None)
+    coords, labels = crop.encode([Box(box_low, box_high) if use_box else Point(click)])
+    return CropSample(image.astype(np.float32), truth, coords.astype(np.float32), np.array(labels),
+                      item.task, target, crop.grid, item, soft=probability is not None)

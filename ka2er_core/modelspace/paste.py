@@ -1,52 +1,17 @@
-"""Where the model looks: crop planning, image sampling and pasting masks back.
-
-The one place where RAS prompts become model-space coordinates. A crop is an axis-aligned RAS
-:class:`~ka2er_core.volume.Grid` of ``crop_size``^3 voxels; its spacing grows with the object so that
-a whole brain or liver fits (zoom out), from the bundle's base spacing up to a maximum. Spacings are
-quantised to powers of ``ZOOM_STEP`` so that nearby prompts reuse a cached crop.
-"""
+"""From crop logits back to the volume's grid: which cells changed, which voxels they reach, and the
+mask rendered there (trilinear samples of the logits, only where needed)."""
 
 from __future__ import annotations
 
-import math
+from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
 import torch
 
-from ..geometry import crop_grid, ras_to_ijk
+from ..geometry import ras_to_ijk
 from ..volume import Grid
-
-ZOOM_STEP = 1.25
-MARGIN = 1.2  # the crop spans the region of interest times this factor
-
-
-def quantise_spacing(spacing: float, base: float, maximum: float) -> float:
-    """Smallest ``base * ZOOM_STEP**n`` >= ``spacing`` (clipped to [base, maximum])."""
-    if spacing <= base:
-        return base
-    n = math.ceil(math.log(spacing / base, ZOOM_STEP) - 1e-9)
-    return min(base * ZOOM_STEP ** n, maximum)
-
-
-def plan_crop(low_ras: np.ndarray, high_ras: np.ndarray, crop_size: int, base_spacing: float,
-              max_spacing: float) -> Grid:
-    """An isotropic crop covering the RAS box [low, high] with a margin, at a quantised spacing."""
-    extent = float(np.max(high_ras - low_ras))
-    spacing = quantise_spacing(extent * MARGIN / (crop_size - 1), base_spacing, max_spacing)
-    centre = (np.asarray(low_ras) + np.asarray(high_ras)) / 2
-    # Snap the centre to the spacing so that close prompts give the same crop.
-    centre = np.round(centre / (spacing * 4)) * spacing * 4
-    return crop_grid(centre, (crop_size,) * 3, (spacing,) * 3)
-
-
-def covers(crop: Grid, low_ras: np.ndarray, high_ras: np.ndarray, margin_voxels: float = 2) -> bool:
-    """True when the RAS box lies inside ``crop`` with ``margin_voxels`` to spare on every side."""
-    lo = ras_to_ijk(low_ras, crop.ijk_to_ras)
-    hi = ras_to_ijk(high_ras, crop.ijk_to_ras)
-    size = np.asarray(crop.shape[::-1])
-    return bool(np.all(np.minimum(lo, hi) >= margin_voxels)
-                and np.all(np.maximum(lo, hi) <= size - 1 - margin_voxels))
+from .crop import Crop
 
 
 def touched_faces(mask: np.ndarray, min_voxels: int = 4) -> list[tuple[int, int]]:
@@ -59,18 +24,19 @@ def touched_faces(mask: np.ndarray, min_voxels: int = 4) -> list[tuple[int, int]
     return faces
 
 
-def region_slices(crop: Grid, volume: Grid, changed_ijk_lo=None, changed_ijk_hi=None):
+def region_slices(crop: Crop, volume: Grid, changed_ijk_lo=None, changed_ijk_hi=None):
     """(k, j, i) slices of the volume covering the crop box [lo, hi] in continuous crop-voxel (i, j, k)
     coordinates (default: the whole crop).
 
     Returns None when they do not overlap.
     """
-    size = np.asarray(crop.shape[::-1]) - 1
+    grid = crop.grid
+    size = np.asarray(grid.shape[::-1]) - 1
     lo = np.zeros(3) if changed_ijk_lo is None else np.asarray(changed_ijk_lo, dtype=np.float64)
     hi = size if changed_ijk_hi is None else np.asarray(changed_ijk_hi, dtype=np.float64)
     corners = np.array([[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1])
                         for z in (lo[2], hi[2])], dtype=np.float64)
-    ras = corners @ crop.ijk_to_ras[:3, :3].T + crop.ijk_to_ras[:3, 3]
+    ras = corners @ grid.ijk_to_ras[:3, :3].T + grid.ijk_to_ras[:3, 3]
     ijk = ras_to_ijk(ras, volume.ijk_to_ras)
     start = np.maximum(np.floor(ijk.min(axis=0)).astype(int), 0)
     stop = np.minimum(np.ceil(ijk.max(axis=0)).astype(int) + 1, np.asarray(volume.shape[::-1]))
@@ -79,7 +45,7 @@ def region_slices(crop: Grid, volume: Grid, changed_ijk_lo=None, changed_ijk_hi=
     return tuple(slice(int(a), int(b)) for a, b in zip(start[::-1], stop[::-1]))
 
 
-def sample_logits(logits: torch.Tensor, crop: Grid, volume: Grid, region: tuple[slice, slice, slice],
+def sample_logits(logits: torch.Tensor, crop: Crop, volume: Grid, region: tuple[slice, slice, slice],
                   cells: Optional[np.ndarray] = None) -> tuple[np.ndarray, np.ndarray]:
     """Trilinear samples of crop ``logits`` (S, S, S) at the volume voxels of ``region``.
 
@@ -88,10 +54,11 @@ def sample_logits(logits: torch.Tensor, crop: Grid, volume: Grid, region: tuple[
     reached only when its nearest crop voxel lies in an active cell. Only the region's voxels are
     computed, in one pass.
     """
+    frame = crop.grid
     k, j, i = (np.arange(s.start, s.stop, dtype=np.float32) for s in region)
-    volume_to_crop = (np.linalg.inv(crop.ijk_to_ras) @ volume.ijk_to_ras).astype(np.float32)
+    volume_to_crop = (np.linalg.inv(frame.ijk_to_ras) @ volume.ijk_to_ras).astype(np.float32)
     # grid_sample wants (x, y, z) = (i, j, k) in [-1, 1] of the crop (align_corners=True: -1 = voxel 0).
-    scale = 2.0 / (np.asarray(crop.shape[::-1], dtype=np.float32) - 1)
+    scale = 2.0 / (np.asarray(frame.shape[::-1], dtype=np.float32) - 1)
     m = volume_to_crop[:3, :3] * scale[:, None]
     t = volume_to_crop[:3, 3] * scale - 1
     grid = (torch.from_numpy(t)
@@ -103,10 +70,10 @@ def sample_logits(logits: torch.Tensor, crop: Grid, volume: Grid, region: tuple[
         align_corners=True)[0, 0]
     inside = (grid.abs() <= 1 + 1e-6).all(dim=-1).numpy()
     if cells is not None:
-        size = torch.tensor(crop.shape[::-1], dtype=torch.float32) - 1  # (i, j, k)
+        size = torch.tensor(frame.shape[::-1], dtype=torch.float32) - 1  # (i, j, k)
         nearest = torch.round((grid + 1) / 2 * size).long()
         nearest = torch.minimum(nearest.clamp(min=0), size.long())
-        block = crop.shape[0] // cells.shape[0]
+        block = frame.shape[0] // cells.shape[0]
         cell = (nearest // block).numpy()
         inside &= cells[cell[..., 2], cell[..., 1], cell[..., 0]]
     return (values > 0).numpy(), inside
@@ -137,3 +104,34 @@ def changed_cells(new_logits: np.ndarray, old_logits: np.ndarray, block: int = 4
     lo = lo_kji[::-1] * block - 0.5
     hi = (hi_kji[::-1] + 1) * block - 0.5
     return active, (lo, hi)
+
+
+@dataclass
+class Render:
+    """One piece of an answer rendered on the volume's grid, not yet written: ``rendered`` (the
+    mask) and ``reached`` (the voxels it may change) over ``region`` (None: nothing changed), and
+    the crop's ``logits`` as they stand once it is written."""
+
+    logits: np.ndarray
+    region: Optional[tuple[slice, slice, slice]] = None
+    rendered: Optional[np.ndarray] = None
+    reached: Optional[np.ndarray] = None
+
+
+def render(crop: Crop, logits: np.ndarray, old: np.ndarray, volume: Grid,
+           focus: Optional[np.ndarray] = None, radius: float = np.inf) -> Render:
+    """The cells of ``crop`` where ``logits`` and ``old`` (both (S, S, S)) differ, rendered on the
+    ``volume`` grid (nothing is written). With ``focus`` (crop-voxel (i, j, k)), only cells within
+    ``radius`` crop voxels of it; what is not rendered keeps its ``old`` logits in the crop's memory.
+    """
+    changed = changed_cells(logits, old, focus=focus, radius=radius)
+    region = None if changed is None else region_slices(crop, volume, *changed[1])
+    if region is None:
+        return Render(logits)
+    cells = changed[0]
+    rendered, reached = sample_logits(torch.from_numpy(logits), crop, volume, region, cells)
+    if focus is not None:
+        block = crop.size // cells.shape[0]
+        pasted = cells.repeat(block, 0).repeat(block, 1).repeat(block, 2)
+        logits = np.where(pasted, logits, old)
+    return Render(logits, region, rendered, reached)

@@ -9,7 +9,7 @@ from typing import Optional, Union
 import numpy as np
 
 from ..errors import GeometryMismatchError, PromptError
-from ..geometry import ras_to_ijk
+from ..geometry import box_corners, ijk_to_ras_points, ras_box_to_ijk, ras_to_ijk
 from ..volume import Volume
 
 Region = tuple[slice, slice, slice]
@@ -18,19 +18,47 @@ Region = tuple[slice, slice, slice]
 @dataclass(frozen=True)
 class Result:
     """``region``: the (k, j, i) slices of the volume that were rewritten (None if nothing changed);
-    ``score``: predicted IoU; ``expert``: the model that answered; ``latency_ms``: wall time."""
+    ``score``: predicted IoU; ``expert``: the model that answered; ``latency_ms``: wall time;
+    ``clipped``: the prompt (a box) ran past the image and was clipped to it."""
 
     region: Optional[Region]
     score: float
     expert: str
     latency_ms: float
+    clipped: bool = False
+
+
+def finite_point(ras, what: str) -> np.ndarray:
+    """``ras`` as 3 finite RAS mm, else :class:`PromptError` naming ``what``."""
+    point = np.asarray(ras, dtype=np.float64)
+    if point.shape != (3,) or not np.all(np.isfinite(point)):
+        raise PromptError(f"{what} must be 3 finite RAS coordinates, got {ras!r}", field=what)
+    return point
+
+
+def check_box(volume: Volume, corner_a, corner_b) -> tuple[np.ndarray, np.ndarray, bool]:
+    """The RAS box with opposite corners ``corner_a`` and ``corner_b``, clipped to the image's RAS
+    bounding box (a box drawn in the RAS-aligned slice views of an oblique volume runs past the
+    image): (low, high, clipped), ``clipped`` when the box runs past the image anywhere (the model
+    sees nothing there). A box that misses the image is a :class:`PromptError`."""
+    a, b = finite_point(corner_a, "box corner"), finite_point(corner_b, "box corner")
+    low, high = np.minimum(a, b), np.maximum(a, b)
+    k, j, i = volume.shape
+    edges = ijk_to_ras_points(box_corners((-0.5,) * 3, (i - 0.5, j - 0.5, k - 0.5)), volume.ijk_to_ras)
+    inside_low, inside_high = np.maximum(low, edges.min(axis=0)), np.minimum(high, edges.max(axis=0))
+    if np.any(inside_low > inside_high):
+        raise PromptError(f"box RAS {low.round(2).tolist()} to {high.round(2).tolist()} does not "
+                          f"overlap the image (RAS {edges.min(axis=0).round(2).tolist()} to "
+                          f"{edges.max(axis=0).round(2).tolist()})", field="box")
+    lo_ijk, hi_ijk = ras_box_to_ijk(inside_low, inside_high, volume.ijk_to_ras)
+    clipped = bool(np.any(inside_low != low) or np.any(inside_high != high)
+                   or np.any(lo_ijk < -0.5) or np.any(hi_ijk > np.asarray(volume.shape[::-1]) - 0.5))
+    return inside_low, inside_high, clipped
 
 
 def check_point(volume: Volume, ras, what: str) -> np.ndarray:
     """``ras`` as 3 finite RAS mm inside ``volume`` (within half a voxel), else :class:`PromptError`."""
-    point = np.asarray(ras, dtype=np.float64)
-    if point.shape != (3,) or not np.all(np.isfinite(point)):
-        raise PromptError(f"{what} must be 3 finite RAS coordinates, got {ras!r}", field=what)
+    point = finite_point(ras, what)
     ijk = ras_to_ijk(point, volume.ijk_to_ras)
     if np.any(ijk < -0.5) or np.any(ijk > np.asarray(volume.shape[::-1]) - 0.5):
         raise PromptError(f"{what} RAS {point.round(2).tolist()} is outside the image "

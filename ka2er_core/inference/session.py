@@ -10,6 +10,7 @@ once, so that a click inside a cached crop runs only the prompt encoder and the 
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from typing import Optional, Sequence, Union
 
 import numpy as np
@@ -21,11 +22,11 @@ from ..geometry import foreground_bounds, ijk_box_to_ras
 from ..modeling.normalization import image_modality, subsample
 from ..modelspace import ZOOM_STEP, Box, Crop, Point, Prompt, plan_crop
 from ..modelspace.paste import render, touched_faces
-from ..modelspace.tiles import refinement_tiles
 from ..modelspace.preprocessing import outside_value
+from ..modelspace.tiles import refinement_tiles
 from ..volume import Volume
 from .embeddings import EmbeddingCache
-from .result import Region, Result, check_point
+from .result import Region, Result, check_box, check_point
 from .router import Router
 from .targets import Answer, Target, Targets
 
@@ -131,8 +132,10 @@ class InteractiveSession:
         return self._prompt(Point(self._check_point(ras, "point"), bool(positive)))
 
     def add_box(self, corner_a: Sequence[float], corner_b: Sequence[float]) -> Result:
-        a, b = self._check_point(corner_a, "box corner"), self._check_point(corner_b, "box corner")
-        return self._prompt(Box(np.minimum(a, b), np.maximum(a, b)))
+        """A box (2D when one slice thick); one running past the image is clipped to it and the
+        result says so."""
+        low, high, clipped = check_box(self._require_image(), corner_a, corner_b)
+        return replace(self._prompt(Box(low, high)), clipped=clipped)
 
     def set_mask(self, mask: Union[np.ndarray, Volume]) -> Optional[Region]:
         """Start from an existing mask (k, j, i): it becomes the previous-mask prompt and the undo

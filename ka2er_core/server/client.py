@@ -17,13 +17,14 @@ import random
 import ssl
 import time
 import uuid
+from dataclasses import replace
 from typing import Optional, Sequence, Union
 from urllib.parse import quote, urlsplit
 
 import numpy as np
 
 from ..errors import Ka2erError, PromptError
-from ..inference.result import Region, Result, check_mask, check_point
+from ..inference.result import Region, Result, check_box, check_mask, check_point
 from ..volume import Volume
 from .wire import decode_region, encode_array, encode_volume
 
@@ -123,9 +124,9 @@ class RemoteSession:
         return self._prompt("points", {"ras": point.tolist(), "positive": bool(positive)})
 
     def add_box(self, corner_a: Sequence[float], corner_b: Sequence[float]) -> Result:
-        volume = self._require_image()
-        a, b = check_point(volume, corner_a, "box corner"), check_point(volume, corner_b, "box corner")
-        return self._prompt("boxes", {"corner_a": a.tolist(), "corner_b": b.tolist()})
+        low, high, clipped = check_box(self._require_image(), corner_a, corner_b)
+        result = self._prompt("boxes", {"corner_a": low.tolist(), "corner_b": high.tolist()})
+        return replace(result, clipped=clipped)
 
     def set_mask(self, mask: Union[np.ndarray, Volume]) -> None:
         binary = check_mask(self._require_image(), mask)

@@ -147,3 +147,21 @@ def test_evaluate_with_a_folder_where_its_picture_goes_is_one_line(tmp_path, cap
     (out / "dice.png").rmdir()
     assert main(["evaluate", "--dataset", str(tmp_path), "--out", str(out)]) == 0
     assert (out / "dice.png").is_file() and json.loads((out / "report.json").read_text())["summary"]
+
+
+def test_evaluate_names_a_file_where_a_method_folder_goes(tmp_path, capsys):
+    """With several bundles, evaluate writes one folder per method under --out: a file there is one
+    line naming it, exit 2, no traceback."""
+    from ka2er_core.bundle import STUDENT_BUNDLE
+    from ka2er_core.cli import main
+    from ka2er_core.data.sample import write_sample_dataset
+
+    folder = write_sample_dataset(tmp_path / "data", n_train=1, n_test=1, tasks=["Dataset003_CTPhantom"])[0]
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "random_walker").write_text("not a folder")
+    code = main(["evaluate", "--dataset", str(folder), "--baseline", "--bundle",
+                 str(STUDENT_BUNDLE), "--prompts", "1", "--out", str(out)])
+    error = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and "Traceback" not in "\n".join(error)
+    assert "random_walker" in error[-1]

@@ -133,8 +133,7 @@ def write_report(report: dict, out_dir) -> tuple[Path, Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = Path(out_dir)  # atomic_write makes the folder, or says in one line why it cannot
     json_path, png_path = out_dir / "report.json", out_dir / "dice.png"
     with atomic_write(json_path) as tmp:
         tmp.write_text(json.dumps(report, indent=1) + "\n")
@@ -225,8 +224,7 @@ def write_comparison(reports: dict[str, dict], out_dir) -> tuple[Path, Path, Pat
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = Path(out_dir)  # atomic_write makes the folder, or says in one line why it cannot
     comparison = compare(reports)
     paths = out_dir / "comparison.json", out_dir / "comparison.md", out_dir / "comparison.png"
     with atomic_write(paths[0]) as tmp:

@@ -11,10 +11,11 @@ import pytest
 import torch
 
 from ka2er_core import InteractiveSession
-from ka2er_core.bundle import load_bundle, load_expert, sha256
+from ka2er_core.bundle import load_bundle, load_expert
 from ka2er_core.data.msd import load_dataset
 from ka2er_core.data.sample import write_sample_dataset
 from ka2er_core.geometry import ijk_to_ras_points
+from ka2er_core.io.checksum import sha256
 from ka2er_core.modeling.amalgamation import AmalgamationLayer, match_expert_stages
 from ka2er_core.training.amalgamate import (STUDENT_STAGES, AmalgamatedStudent,
                                             AmalgamationSampler, AmalgamationStep, amalgamate,

@@ -15,11 +15,11 @@ from importer_fixtures import (ARCH, PATCH, TINY, ReferenceUNet, randomised, to_
                                write_model_folder, write_sam_med3d_checkpoint)
 from ka2er_core.bundle import (STUDENT_BUNDLE, BundleError, Expert, Segmenter, load_bundle,
                                save_bundle, save_moe_bundle)
-from ka2er_core.bundle_inspect import inspect_bundle
+from ka2er_core.bundle.inspect import inspect_bundle
 from ka2er_core.cli import main
 from ka2er_core.importers import import_nnunet, import_sam_med3d
-from ka2er_core.importers.nnunet import NnUNetExpert
 from ka2er_core.modeling import ExpertPlan, ModelConfig, PromptableSegmenter, TaskExpert
+from ka2er_core.modeling.expert import NnUNetExpert
 from ka2er_core.modeling.gate import Gate
 from ka2er_core.modeling.normalization import Normalization
 from ka2er_core.modeling.prompt_encoder import BOX_HIGH, BOX_LOW, NEGATIVE, POSITIVE

@@ -22,9 +22,9 @@ from ka2er_core.bundle import load_bundle, load_expert
 from ka2er_core.errors import PromptError
 from ka2er_core.geometry import ijk_to_ras_points
 from ka2er_core.importers import CheckpointError, import_nnunet, import_sam_med3d
-from ka2er_core.importers.nnunet import NnUNetExpert
 from ka2er_core.importers.sam_med3d import state_dict_of
 from ka2er_core.inference import InteractiveSession
+from ka2er_core.modeling.expert import NnUNetExpert
 from ka2er_core.modeling.normalization import Normalization
 from ka2er_core.modeling.prompt_encoder import BOX_HIGH, BOX_LOW, POSITIVE
 from ka2er_core.modeling.sam_med3d import GridAttention, SamMed3D, SamMed3DConfig

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-import ka2er_core.bundle as bundle_module
+import ka2er_core.bundle.store as store_module
 from ka2er_core import Volume, load_volume, save_volume
 from ka2er_core.bundle import (STUDENT_BUNDLE, BundleError, Segmenter, load_bundle, save_bundle,
                                save_moe_bundle)
@@ -23,6 +23,7 @@ from ka2er_core.data.sample import write_sample_dataset
 from ka2er_core.errors import DatasetError
 from ka2er_core.geometry import foreground_bounds, ijk_box_to_ras, ijk_to_ras_points
 from ka2er_core.inference import InteractiveSession
+from ka2er_core.io.checksum import sha256
 from ka2er_core.modeling import ModelConfig, PromptableSegmenter
 from ka2er_core.modeling.gate import Gate
 from ka2er_core.modeling.normalization import Normalization
@@ -168,7 +169,7 @@ def test_gate_reads_fine_stages_at_the_prompts_and_older_gates_still_load(tiny_m
     del meta["gate"]["prompt_stages"], meta["gate"]["fine_channels"]
     from safetensors.torch import save_file
     save_file(plain.state_dict(), str(older / "gate.safetensors"))
-    meta["sha256"]["gate.safetensors"] = bundle_module.sha256(older / "gate.safetensors")
+    meta["sha256"]["gate.safetensors"] = sha256(older / "gate.safetensors")
     (older / "bundle.json").write_text(json.dumps(meta))
     loaded = load_bundle(older).gate
     assert loaded.prompt_stages == [] and loaded.fine_channels == 0
@@ -330,8 +331,8 @@ def test_pinning_bypasses_the_gate(tiny_moe, volume, monkeypatch):
 
 def test_members_are_read_on_first_use_only(tiny_moe, volume, monkeypatch):
     read = []
-    load_file = bundle_module.load_file
-    monkeypatch.setattr(bundle_module, "load_file",
+    load_file = store_module.load_file
+    monkeypatch.setattr(store_module, "load_file",
                         lambda file: read.append(Path(file).name) or load_file(file))
     bundle = load_bundle(tiny_moe[0])
     bundle.gate.threshold = 1.05  # never reached: the general model answers, the gate still runs

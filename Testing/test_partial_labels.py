@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from ka2er_core.bundle import load_expert, read_manifest
+from ka2er_core.bundle import load_expert
+from ka2er_core.bundle.store import read_manifest
 from ka2er_core.data.msd import load_dataset
 from ka2er_core.data.partial import drop_annotations
 from ka2er_core.data.sample import write_sample_dataset

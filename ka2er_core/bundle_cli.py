@@ -8,7 +8,7 @@ from pathlib import Path
 
 
 def run_inspect(args: argparse.Namespace) -> int:
-    from .bundle_inspect import check_weights, format_report, inspect_bundle
+    from .bundle.inspect import check_weights, format_report, inspect_bundle
 
     report = inspect_bundle(args.path)
     print(json.dumps(report, indent=2) if args.json else format_report(report))

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import torch
 
-from ka2er_core.bundle import load_bundle, write_manifest
+from ka2er_core.bundle import load_bundle
+from ka2er_core.bundle.store import write_manifest
 from ka2er_core.training.gate import hold_out_last_case, select_threshold
 from ka2er_core.training.promptable import load_training_items
 

@@ -22,8 +22,9 @@ import torch
 from safetensors.torch import save_file
 
 from .. import __version__
-from ..bundle import (EXPERT, Bundle, Expert, Member, Segmenter, build_module, load_bundle,
-                      member_architecture)
+from ..bundle import Bundle, Expert, Member, Segmenter, load_bundle
+from ..bundle.registry import build_module, member_architecture
+from ..bundle.schema import EXPERT
 from ..errors import Ka2erError
 from ..io.atomic import current_umask, folder_written_whole
 from ..modeling import ExpertPlan, PromptableSegmenter, TaskExpert
@@ -64,7 +65,7 @@ def sam_med3d_network(architecture: dict[str, Any]) -> SamMed3D:
 def task_expert_network(plan: dict[str, Any], variant: Optional[str] = None) -> TaskExpert:
     """The task expert (MONAI DynUNet) of a plan dict, random weights: the ``network_def`` factory
     of exported experts; ``variant`` "nnunet" builds an imported nnU-Net's
-    (:class:`~ka2er_core.importers.nnunet.NnUNetExpert`), whose state dict differs."""
+    (:class:`~ka2er_core.modeling.expert.NnUNetExpert`), whose state dict differs."""
     architecture = {"type": EXPERT, "plan": plan, **({"variant": variant} if variant else {})}
     return build_module(architecture)
 

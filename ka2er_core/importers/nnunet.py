@@ -33,19 +33,16 @@ any rescaling of the input.
 from __future__ import annotations
 
 import json
-from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from monai.networks.blocks.dynunet_block import UnetBasicBlock
-from torch import nn
 
-from ..bundle import Expert, save_bundle, sha256
-from ..modeling.expert import (ExpertPlan, PlanError, TaskExpert, drop_aliases, restore_aliases,
-                               shared_aliases)
+from ..bundle import Expert, save_bundle
+from ..io.checksum import sha256
+from ..modeling.expert import ExpertPlan, NnUNetExpert, PlanError
 from ..modeling.normalization import Normalization
-from . import CheckpointError, check_state, describe, read_checkpoint
+from .checkpoint import CheckpointError, check_state, describe, read_checkpoint
 
 CONFIGURATION = "3d_fullres"
 MR_CLIP = 100.0
@@ -54,27 +51,6 @@ SUPPORTED = {  # arch_kwargs: PlainConvUNet as nnU-Net's default planner writes 
     "norm_op": ("torch.nn.modules.instancenorm.InstanceNorm3d",),
     "nonlin": ("torch.nn.LeakyReLU", "torch.nn.modules.activation.LeakyReLU"),
 }
-
-
-class NnUNetExpert(TaskExpert):
-    """A :class:`TaskExpert` with nnU-Net's decoder: transposed convolutions with a bias, and every
-    decoder level convolved with the kernel of the stage it outputs. Same interface and features."""
-
-    variant = "nnunet"
-
-    def __init__(self, plan: ExpertPlan):
-        super().__init__(plan)
-        network = self.network
-        for level, up in enumerate(network.upsamples):  # level 0 is the lowest resolution
-            stage = len(plan.strides) - 2 - level
-            up.transp_conv.conv.bias = nn.Parameter(torch.zeros(plan.filters[stage]))
-            if plan.kernel_sizes[stage] != plan.kernel_sizes[stage + 1]:
-                up.conv_block = UnetBasicBlock(3, 2 * plan.filters[stage], plan.filters[stage],
-                                               plan.kernel_sizes[stage], 1, network.norm_name,
-                                               network.act_name)
-        aliases = shared_aliases(network)  # the new tensors are registered twice too
-        network.register_state_dict_post_hook(partial(drop_aliases, aliases))
-        network.register_load_state_dict_pre_hook(partial(restore_aliases, aliases))
 
 
 def import_nnunet(folder: Path, out: Path, fold: str = "all", checkpoint: str = "checkpoint_final.pth",

@@ -22,10 +22,11 @@ from typing import Any, Callable
 
 import torch
 
-from ..bundle import Segmenter, save_bundle, sha256
+from ..bundle import Segmenter, save_bundle
+from ..io.checksum import sha256
 from ..modeling.normalization import Normalization
 from ..modeling.sam_med3d import SamMed3D, SamMed3DConfig
-from . import CheckpointError, check_state, describe, read_checkpoint
+from .checkpoint import CheckpointError, check_state, describe, read_checkpoint
 
 SPACING = 1.5
 NORMALIZATION = Normalization("mr", clip=100.0)

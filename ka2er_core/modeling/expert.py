@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from monai.networks.blocks.dynunet_block import UnetBasicBlock
 from monai.networks.nets import DynUNet
 from torch import nn
 
@@ -189,6 +190,28 @@ class TaskExpert(nn.Module):
         features.append(network.bottleneck(features[-1]))
         return features
 
+
+
+class NnUNetExpert(TaskExpert):
+    """A :class:`TaskExpert` with nnU-Net's decoder: transposed convolutions with a bias, and every
+    decoder level convolved with the kernel of the stage it outputs. Same interface and features.
+    (:mod:`ka2er_core.importers.nnunet` fills it from an nnU-Net v2 PlainConvUNet.)"""
+
+    variant = "nnunet"
+
+    def __init__(self, plan: ExpertPlan):
+        super().__init__(plan)
+        network = self.network
+        for level, up in enumerate(network.upsamples):  # level 0 is the lowest resolution
+            stage = len(plan.strides) - 2 - level
+            up.transp_conv.conv.bias = nn.Parameter(torch.zeros(plan.filters[stage]))
+            if plan.kernel_sizes[stage] != plan.kernel_sizes[stage + 1]:
+                up.conv_block = UnetBasicBlock(3, 2 * plan.filters[stage], plan.filters[stage],
+                                               plan.kernel_sizes[stage], 1, network.norm_name,
+                                               network.act_name)
+        aliases = shared_aliases(network)  # the new tensors are registered twice too
+        network.register_state_dict_post_hook(partial(drop_aliases, aliases))
+        network.register_load_state_dict_pre_hook(partial(restore_aliases, aliases))
 
 def shared_aliases(module: nn.Module) -> dict[str, str]:
     """{later name: first name} of the state-dict entries of ``module`` that are the same tensor."""

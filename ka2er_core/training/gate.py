@@ -24,8 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..bundle import (GATE_WEIGHTS, BundleError, Segmenter, check_shared_settings, load_bundle,
-                      member_entry, save_moe_bundle)
+from ..bundle import BundleError, Segmenter, load_bundle, save_moe_bundle
+from ..bundle.schema import GATE_WEIGHTS, check_shared_settings
+from ..bundle.store import member_entry
 from ..errors import DatasetError
 from ..modeling import PromptableSegmenter
 from ..modeling.gate import Gate, route

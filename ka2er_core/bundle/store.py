@@ -1,155 +1,40 @@
-"""Model bundles: a folder with ``bundle.json`` and weights as ``.safetensors``.
-
-``bundle.json`` records the format version, the kind (student | moe | expert), the architecture
-config, labels, base and maximum crop spacing, normalisation, training summary, measured metrics and
-a sha256 of every weight file, checked at load. No pickle is ever read. A member is a promptable
-:class:`Segmenter` (our model, or SAM-Med3D's with ``"architecture": {"type": "sam_med3d", ...}``) or
-a task :class:`Expert` (``"architecture": {"type": "expert", "plan": ...}``, plus ``"variant":
-"nnunet"`` for an imported nnU-Net, whose decoder differs: see :mod:`ka2er_core.importers.nnunet`).
-:func:`build_module` builds a member's bare model from its ``"architecture"`` entry (for the loader
-and ``ka2er bundle export``). Every field of ``bundle.json`` is checked in one place,
-:mod:`ka2er_core.bundle_schema`, when it is read (:func:`read_manifest`); a weight file's header is
-checked before the safetensors library reads it (:func:`load_weights`).
-
-A ``moe`` bundle (SAM-Med3D-MoE) holds the general promptable model, task-tuned copies of it and a
-:class:`~ka2er_core.modeling.gate.Gate` (``"gate"``: its config, threshold included, and weights).
-Its members share the general model's normalisation, spacings and crop size (checked at load) and
-are read lazily: every file's sha256 is checked when the bundle is loaded, and again when a member's
-weights are first read, so memory grows with the members a session actually uses.
-"""
+"""Bundles on disk: save (weights first, then ``bundle.json``, each atomically) and load (every
+field checked by :mod:`.schema`, every weight file's sha256 and safetensors header checked before it
+is read; a moe bundle's members read on first use), and where the shipped bundles are."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-from collections.abc import Mapping
-from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import Any, Optional, Sequence, Union
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .bundle_schema import (  # the schema's names stay importable from here
-    EXPERT, EXPERT_VARIANTS, FORMAT_VERSION, GATE_WEIGHTS, BundleError, Config, architecture_config,
-    check_manifest, check_shared_settings)
-from .errors import UnreadableFileError
-from .io.atomic import atomic_write
-from .io.weights import read_header
-from .modeling import ExpertPlan, PromptableSegmenter, TaskExpert
-from .modeling.gate import Gate
-from .modeling.normalization import Normalization
-from .modeling.sam_med3d import SamMed3D, SamMed3DConfig
+from ..errors import UnreadableFileError
+from ..io.atomic import atomic_write
+from ..io.checksum import sha256
+from ..io.weights import read_header
+from ..modeling import TaskExpert
+from ..modeling.gate import Gate
+from ..modeling.normalization import Normalization
+from .members import Bundle, Expert, LazyMembers, Member, Segmenter
+from .registry import BUILD_ERRORS, build_module, first_line, member_architecture
+from .schema import FORMAT_VERSION, GATE_WEIGHTS, BundleError, check_manifest
 
-STUDENT_BUNDLE = Path(__file__).parent / "bundles" / "demo"
+SHIPPED = Path(__file__).parents[1] / "bundles"
+"""The shipped bundles' folder, ``ka2er_core/bundles`` (package data)."""
+STUDENT_BUNDLE = SHIPPED / "demo"
 """The shipped KA2ER student alone (see its README.md model card): the moe bundle's general model."""
-MOE_BUNDLE = Path(__file__).parent / "bundles" / "moe"
+MOE_BUNDLE = SHIPPED / "moe"
 """The shipped moe bundle: the KA2ER student, task members and a gate."""
 DEFAULT_BUNDLE = MOE_BUNDLE
 """What :func:`load_bundle` loads without a path (``ka2er demo``, the session, the server)."""
 MAX_MANIFEST_BYTES = 16 << 20
 """A ``bundle.json`` larger than this is refused unread (the shipped ones hold a few kB)."""
-BUILD_ERRORS = (ValueError, TypeError, RuntimeError, ArithmeticError, AssertionError, IndexError,
-                KeyError)
-"""What building a network from sizes it cannot take raises (torch, MONAI and our modules)."""
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    try:
-        with open(path, "rb") as stream:
-            for block in iter(lambda: stream.read(1 << 20), b""):
-                digest.update(block)
-    except OSError as err:
-        raise UnreadableFileError(f"unreadable ({err.strerror or err})", path=path) from None
-    return digest.hexdigest()
-
-
-@dataclass
-class Segmenter:
-    """One promptable model with what a session needs to use it."""
-
-    name: str
-    model: PromptableSegmenter
-    normalization: Normalization
-    base_spacing: float
-    max_spacing: float
-
-    @property
-    def crop_size(self) -> int:
-        return self.model.config.crop_size
-
-
-@dataclass
-class Expert:
-    """One task expert: segments its task without prompts. Spacing, patch, labels and normalisation
-    are in ``plan`` (the model's :class:`~ka2er_core.modeling.ExpertPlan`)."""
-
-    name: str
-    model: TaskExpert
-
-    @property
-    def plan(self) -> ExpertPlan:
-        return self.model.plan
-
-
-Member = Union[Segmenter, Expert]
-
-
-class LazyMembers(Mapping):
-    """Members by name, each built by its loader on first access (``in``, ``len`` and iteration
-    load nothing); ``loaded`` names the members built so far."""
-
-    def __init__(self, loaders: dict[str, Callable[[], Member]]):
-        self._loaders = loaders
-        self._members: dict[str, Member] = {}
-
-    def __getitem__(self, name: str) -> Member:
-        if name not in self._members:
-            self._members[name] = self._loaders[name]()
-        return self._members[name]
-
-    def __contains__(self, name: object) -> bool:
-        return name in self._loaders
-
-    def __iter__(self):
-        return iter(self._loaders)
-
-    def __len__(self) -> int:
-        return len(self._loaders)
-
-    @property
-    def loaded(self) -> list[str]:
-        return list(self._members)
-
-
-@dataclass
-class Bundle:
-    """``members``: a dict, or :class:`LazyMembers` for a moe bundle; ``gate``: a moe bundle's gate."""
-
-    path: Optional[Path]
-    kind: str
-    members: Mapping[str, Member]
-    meta: dict[str, Any] = field(default_factory=dict)
-    gate: Optional[Gate] = None
-
-    @property
-    def default(self) -> Member:
-        return next(iter(self.members.values()))
-
-
-def member_architecture(member: Member) -> dict[str, Any]:
-    """The ``"architecture"`` entry of a member (what :func:`build_module` builds it from): its
-    model's config, or ``{"type": "expert", "plan": ...}`` plus the expert model's ``variant``, if any."""
-    if isinstance(member, Expert):
-        architecture = {"type": EXPERT, "plan": member.plan.to_dict()}
-        if getattr(member.model, "variant", None):
-            architecture["variant"] = member.model.variant
-        return architecture
-    return member.model.config.to_dict()
 
 
 def member_entry(member: Member, weights: str) -> dict[str, Any]:
@@ -221,34 +106,6 @@ def save_moe_bundle(path: Union[str, os.PathLike], members: Sequence[Segmenter],
                                  "metrics": metrics or {}})
 
 
-def build_module(architecture: Any, *, path: Optional[Path] = None, field: str = "architecture"
-                 ) -> torch.nn.Module:
-    """The bare model (random weights, train mode, on the CPU) of a member's ``"architecture"`` entry:
-    a :class:`PromptableSegmenter`, a :class:`SamMed3D`, a :class:`TaskExpert` or, for ``"variant":
-    "nnunet"``, an :class:`~ka2er_core.importers.nnunet.NnUNetExpert`, whose state dict is the one
-    the member's weight file holds. Errors as :func:`architecture_config`, and a
-    :class:`BundleError` naming the entry when the network cannot be built with its sizes."""
-    config = architecture_config(architecture, path=path, field=field)
-    try:
-        if isinstance(config, ExpertPlan):
-            if architecture.get("variant") == "nnunet":
-                from .importers.nnunet import NnUNetExpert  # imports this module
-
-                return NnUNetExpert(config)
-            return TaskExpert(config)
-        if isinstance(config, SamMed3DConfig):
-            return SamMed3D(config)
-        return PromptableSegmenter(config)
-    except BUILD_ERRORS as err:
-        raise BundleError(f"the network cannot be built with these sizes ({type(err).__name__}: "
-                          f"{first_line(err)})", path=path, field=field) from None
-
-
-def first_line(error: BaseException) -> str:
-    lines = str(error).strip().splitlines()
-    return lines[0] if lines else ""
-
-
 def manifest_of(path: Path) -> Path:
     """``bundle.json`` of the bundle folder ``path``; a :class:`BundleError` names ``path`` when it is a
     file (a weight file or ``bundle.json`` itself, say) rather than a folder."""
@@ -259,7 +116,7 @@ def manifest_of(path: Path) -> Path:
 
 def read_manifest(path: Path) -> dict[str, Any]:
     """``bundle.json`` of the bundle folder ``path``, every field checked
-    (:func:`~ka2er_core.bundle_schema.check_manifest`)."""
+    (:func:`~ka2er_core.bundle.schema.check_manifest`)."""
     if not path.exists():
         raise UnreadableFileError("no such bundle folder", path=path)
     manifest = manifest_of(path)
@@ -349,7 +206,7 @@ def load_gate(path: Path, meta: dict[str, Any], device: Union[str, torch.device]
 
 def load_bundle(path: Union[str, os.PathLike, None] = None, device: Union[str, torch.device] = "cpu"
                 ) -> Bundle:
-    """Load a bundle folder (default: the shipped demo bundle), verifying every weight's sha256.
+    """Load a bundle folder (default: :data:`DEFAULT_BUNDLE`), verifying every weight's sha256.
 
     A moe bundle's members are loaded on first use (``bundle.members`` is :class:`LazyMembers`).
     """

@@ -7,7 +7,7 @@ so that every loader and ``ka2er bundle inspect`` refuse a malformed bundle with
 :class:`BundleError` naming the file and the field, e.g.
 ``bundle.json: members.general.base_spacing: expected a number > 0, found -1.5``.
 
-The layout (``?``: optional; members and the gate as written by :mod:`ka2er_core.bundle`)::
+The layout (``?``: optional; members and the gate as written by :mod:`ka2er_core.bundle.store`)::
 
     format_version  1
     kind?           "student" (default) | "expert" | "moe"
@@ -34,10 +34,10 @@ from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import Any, NoReturn, Optional, Union
 
-from .errors import Ka2erError
-from .modeling import ExpertPlan, ModelConfig, PlanError
-from .modeling.normalization import Normalization
-from .modeling.sam_med3d import TYPE as SAM_MED3D, SamMed3DConfig
+from ..errors import Ka2erError
+from ..modeling import ExpertPlan, ModelConfig, PlanError
+from ..modeling.normalization import Normalization
+from ..modeling.sam_med3d import TYPE as SAM_MED3D, SamMed3DConfig
 
 FORMAT_VERSION = 1
 KINDS = ("student", "expert", "moe")

@@ -16,11 +16,13 @@ import os
 from pathlib import Path
 from typing import Any, Union
 
-from .bundle import EXPERT, BundleError, architecture_config, read_manifest, sha256
-from .errors import UnreadableFileError
-from .io.weights import read_header
-from .modeling import ExpertPlan
-from .modeling.sam_med3d import TYPE as SAM_MED3D, SamMed3DConfig
+from ..errors import UnreadableFileError
+from ..io.checksum import sha256
+from ..io.weights import read_header
+from ..modeling import ExpertPlan
+from ..modeling.sam_med3d import TYPE as SAM_MED3D, SamMed3DConfig
+from .schema import EXPERT, BundleError, architecture_config
+from .store import read_manifest
 
 MISSING, CHANGED, NOT_RECORDED, OK = "missing", "changed", "not recorded", "ok"
 LONGEST_LIST = 8

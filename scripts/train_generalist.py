@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from ka2er_core.cli import progress_printer
+from ka2er_core.cli.common import progress_printer
 from ka2er_core.training.generalist import GeneralistConfig, train_generalist
 
 

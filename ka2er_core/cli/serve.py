@@ -1,4 +1,4 @@
-"""The ``ka2er serve`` command line (imports the web stack only when it runs)."""
+"""``ka2er serve``: the server's command line (imports the web stack only when it runs)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from pathlib import Path
 
 def run_serve(args: argparse.Namespace) -> int:
     try:
-        from .app import Limits
-        from .serve import serve
+        from ..server.app import Limits
+        from ..server.serve import serve
     except ImportError as err:
         from ..errors import Ka2erError
 

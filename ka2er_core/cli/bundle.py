@@ -6,9 +6,11 @@ import argparse
 import json
 from pathlib import Path
 
+from .common import add_output_argument, progress_printer
+
 
 def run_inspect(args: argparse.Namespace) -> int:
-    from .bundle.inspect import check_weights, format_report, inspect_bundle
+    from ..bundle.inspect import check_weights, format_report, inspect_bundle
 
     report = inspect_bundle(args.path)
     print(json.dumps(report, indent=2) if args.json else format_report(report))
@@ -17,23 +19,21 @@ def run_inspect(args: argparse.Namespace) -> int:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from .export import export_monai_bundle
+    from ..export import export_monai_bundle
 
     print(export_monai_bundle(args.path, args.monai, member=args.member, force=args.force))
     return 0
 
 
 def run_import_sam_med3d(args: argparse.Namespace) -> int:
-    from .cli import progress_printer
-    from .importers import import_sam_med3d
+    from ..importers import import_sam_med3d
 
     print(import_sam_med3d(args.checkpoint, args.out, progress=progress_printer("import-sam-med3d")))
     return 0
 
 
 def run_import_nnunet(args: argparse.Namespace) -> int:
-    from .cli import progress_printer
-    from .importers import import_nnunet
+    from ..importers import import_nnunet
 
     print(import_nnunet(args.folder, args.out, fold=args.fold, checkpoint=args.checkpoint,
                         progress=progress_printer("import-nnunet")))
@@ -42,7 +42,6 @@ def run_import_nnunet(args: argparse.Namespace) -> int:
 
 def add_bundle_command(commands: argparse._SubParsersAction) -> None:
     """Add ``bundle`` (inspect, export, import-sam-med3d, import-nnunet) to the ``ka2er`` commands."""
-    from .cli import add_output_argument  # imports this module
     bundle = commands.add_parser(
         "bundle", help="inspect or export a model bundle; import third-party checkpoints",
         description="Work with model bundles (folders with bundle.json and .safetensors weights).")

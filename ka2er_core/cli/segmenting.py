@@ -1,0 +1,138 @@
+"""``ka2er segment``, ``evaluate`` and ``demo``: models applied to images (automatically, or through
+the click protocol of a simulated clinician)."""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+from typing import Optional, Sequence
+
+from .common import add_output_argument, positive_int, progress_printer
+
+
+def run_segment(args: argparse.Namespace) -> int:
+    from ..bundle import load_expert
+    from ..inference.automatic import segment_automatic
+    from ..io import load_volume, save_segmentation
+
+    expert = load_expert(args.bundle)
+    volume = load_volume(args.image)
+    labels = segment_automatic(expert, volume, device=args.device,
+                               progress=progress_printer("segment"))
+    masks = {name: labels.array == value for name, value in labels.labels.items()}
+    save_segmentation(args.out, masks, reference=volume)
+    voxel_ml = math.prod(volume.spacing) / 1000
+    for name, mask in masks.items():
+        count = int(mask.sum())
+        print(f"{name}: {count} voxels ({count * voxel_ml:.1f} mL)")
+    print(f"wrote {args.out}")
+    return 0
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    from ..evaluation.report import (compare, evaluate_bundle, format_comparison, format_table,
+                                    merge_reports, write_comparison, write_report)
+
+    bundles = args.bundle or [None]
+    methods = {method_name(bundle, bundles): bundle for bundle in bundles}
+    if args.baseline and len(bundles) == 1 and args.bundle is None:
+        methods = {"random walker": "baseline"}
+    elif args.baseline:
+        methods["random walker"] = "baseline"
+    reports = {}
+    for name, bundle in methods.items():
+        reports[name] = evaluate_bundle(
+            None if bundle == "baseline" else bundle, args.dataset, args.prompts, first=args.first,
+            split=args.split, device=args.device, max_cases=args.max_cases,
+            progress=progress_printer(f"evaluate {name}"), baseline=bundle == "baseline",
+            refine=args.refine)
+    experts = [name for name, report in reports.items() if report["settings"]["first"] == "automatic"]
+    if len(experts) > 1:  # one column for the task experts, each on its own task
+        reports = {"task experts": merge_reports([reports[name] for name in experts]),
+                   **{name: report for name, report in reports.items() if name not in experts}}
+    if len(reports) == 1:
+        report = next(iter(reports.values()))
+        json_path, png_path = write_report(report, args.out)
+        print(format_table(report))
+        print(f"wrote {json_path} and {png_path}")
+        return 0
+    for name, report in reports.items():
+        write_report(report, args.out / name.replace("/", "_").replace(" ", "_"))
+    paths = write_comparison(reports, args.out)
+    print(format_comparison(compare(reports)))
+    print("wrote " + ", ".join(str(p) for p in paths))
+    return 0
+
+
+def method_name(bundle: Optional[Path], bundles: Sequence[Optional[Path]]) -> str:
+    """A bundle's name in reports: its folder name, with the parent's if two share a name."""
+    if bundle is None:
+        return "demo"
+    names = [b.name for b in bundles if b is not None]
+    return bundle.name if names.count(bundle.name) == 1 else f"{bundle.parent.name}/{bundle.name}"
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    from ..demo import run_demo as demo
+
+    demo(args.out, progress=progress_printer("demo"), bundle=args.bundle, device=args.device)
+    return 0
+
+
+def add_segmenting_commands(commands: argparse._SubParsersAction) -> None:
+    """Add ``segment``, ``evaluate`` and ``demo`` to the ``ka2er`` commands."""
+    segment = commands.add_parser(
+        "segment", help="segment an image automatically with an expert bundle",
+        description="Segment IMAGE with a task expert (no prompts): sliding windows on the expert's "
+        "grid, the label map resampled to the image's own grid. Writes a Slicer .seg.nrrd or a label "
+        "map (.nii.gz, .nii, .nrrd; values 1..N in the expert's label order).")
+    segment.add_argument("image", type=Path, metavar="IMAGE", help=".nrrd, .nii or .nii.gz")
+    segment.add_argument("--bundle", required=True, type=Path, help="expert bundle folder")
+    add_output_argument(segment, folder=False, required=True, help="output .seg.nrrd or .nii.gz")
+    segment.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    segment.set_defaults(run=run_segment)
+
+    evaluate = commands.add_parser(
+        "evaluate", help="run the click protocol on held-out cases; JSON report and Dice plot",
+        description="First prompt a box (or a click), then clicks at the centre of the largest "
+        "error; Dice after each prompt, NoC85/NoC90 and latency per task and target.")
+    evaluate.add_argument("--bundle", type=Path, action="append", default=None,
+                          help="bundle folder (default: demo); repeat to compare several (expert "
+                               "bundles segment their own task automatically), which also writes "
+                               "comparison.md/.json/.png")
+    evaluate.add_argument("--dataset", required=True, action="append", type=Path,
+                          help="dataset folder (repeat for several tasks)")
+    evaluate.add_argument("--prompts", "--clicks", type=positive_int, default=5,
+                          help="prompts per target (default 5)")
+    evaluate.add_argument("--first", choices=("auto", "box", "click"), default="auto",
+                          help="first prompt: a box, a click, or auto (default): a box when it "
+                               "identifies the target, a click for nested targets that share the "
+                               "box of a larger one (white matter inside the brain)")
+    evaluate.add_argument("--split", choices=("test", "train"), default="test",
+                          help="imagesTs/labelsTs (default) or imagesTr/labelsTr")
+    evaluate.add_argument("--max-cases", type=positive_int, default=None)
+    evaluate.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    evaluate.add_argument("--baseline", action="store_true",
+                          help="run the classical random-walker baseline on the same prompts "
+                               "(alone, or as one more method beside --bundle)")
+    evaluate.add_argument("--refine", action="store_true",
+                          help="refine zoomed-out answers of large objects with base-spacing tiles "
+                               "(sharper borders; one crop embedding per tile)")
+    add_output_argument(evaluate, default=Path("ka2er-evaluation"),
+                        help="folder for report.json and dice.png")
+    evaluate.set_defaults(run=run_evaluate)
+
+    demo = commands.add_parser(
+        "demo", help="segment a held-out MNI152 pseudo-subject with the shipped model, offline",
+        description="A simulated clinician segments the brain (a box, then corrective clicks, 3 "
+        "prompts) and the white matter (a click, then corrective clicks, 5 prompts) of a held-out "
+        "MNI152 pseudo-subject (nilearn's template, no download); each prompt prints its Dice, "
+        "latency and answering model. Writes the volume (.nrrd), result.seg.nrrd, "
+        "reference.seg.nrrd, slice pictures, dice.png and report.json to --out.")
+    add_output_argument(demo, default=Path("ka2er-demo"),
+                        help="folder for the demo's files (default ./ka2er-demo)")
+    demo.add_argument("--bundle", type=Path, default=None,
+                      help="promptable bundle folder (default: the shipped demo bundle)")
+    demo.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    demo.set_defaults(run=run_demo)

@@ -20,11 +20,12 @@ import numpy as np
 from .bundle import Bundle, load_bundle
 from .data.mni import BRAIN_VALUES, MNI_LABELS, TEST_SEEDS, mni_subject
 from .evaluation.protocol import ProtocolRun, dice, run_protocol
-from .geometry import axis_aligned_matrix, canonical_grid, orientation_code, ras_to_ijk, resample
+from .geometry import axis_aligned_matrix, canonical_grid, orientation_code, resample
 from .inference import InteractiveSession, Result
 from .io import load_segmentation, load_volume, save_segmentation, save_volume
 from .errors import UnwritableFileError
 from .io.atomic import atomic_write, check_output, folder_written_whole
+from .modelspace import continuous_voxel
 from .volume import Grid, Volume
 
 TARGETS = (("brain", "box", 3), ("white matter", "click", 5))
@@ -180,7 +181,7 @@ def print_summary(out: Path, demo: DemoRun, report: dict) -> None:
     image, runs = demo.image, demo.runs
     image_path, result_path = out / IMAGE_FILE, out / "result.seg.nrrd"
     click = demo.prompts["white matter"][-1][1][0]
-    voxel = ras_to_ijk(click, image.ijk_to_ras)
+    voxel = continuous_voxel(click, image)
     latencies = [ms for run in runs.values() for ms in run.latency_ms]
     print("; ".join(f"{target}: Dice {run.dice[-1]:.3f} after {len(run.dice)} prompts"
                     for target, run in runs.items()) + f"; median latency {np.median(latencies):.0f} ms")

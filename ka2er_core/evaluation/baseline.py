@@ -13,9 +13,9 @@ import time
 import numpy as np
 from skimage.segmentation import random_walker
 
-from ..geometry import ras_to_ijk
 from ..inference.result import Result
 from ..modeling.normalization import Normalization
+from ..modelspace import continuous_voxel, voxel_of
 from ..volume import Volume
 
 FOREGROUND, BACKGROUND = 1, 2
@@ -52,12 +52,12 @@ class RandomWalkerSession:
         return self._target["mask"]
 
     def add_box(self, corner_a, corner_b) -> Result:
-        ijk = ras_to_ijk(np.array([corner_a, corner_b]), self.volume.ijk_to_ras)
+        ijk = continuous_voxel(np.array([corner_a, corner_b]), self.volume)
         self._target["box"] = (np.floor(ijk.min(0)).astype(int)[::-1], np.ceil(ijk.max(0)).astype(int)[::-1])
         return self._run()
 
     def add_point(self, ras, positive: bool = True) -> Result:
-        kji = np.round(ras_to_ijk(np.asarray(ras, float), self.volume.ijk_to_ras)).astype(int)[::-1]
+        kji = voxel_of(np.asarray(ras, float), self.volume)
         self._target["points"].append((kji, positive))
         return self._run()
 

@@ -9,7 +9,8 @@ from typing import Optional, Union
 import numpy as np
 
 from ..errors import GeometryMismatchError, PromptError
-from ..geometry import box_corners, ijk_to_ras_points, ras_box_to_ijk, ras_to_ijk
+from ..geometry import box_corners, ijk_to_ras_points, ras_box_to_ijk
+from ..modelspace.voxels import continuous_voxel
 from ..volume import Volume
 
 Region = tuple[slice, slice, slice]
@@ -59,7 +60,7 @@ def check_box(volume: Volume, corner_a, corner_b) -> tuple[np.ndarray, np.ndarra
 def check_point(volume: Volume, ras, what: str) -> np.ndarray:
     """``ras`` as 3 finite RAS mm inside ``volume`` (within half a voxel), else :class:`PromptError`."""
     point = finite_point(ras, what)
-    ijk = ras_to_ijk(point, volume.ijk_to_ras)
+    ijk = continuous_voxel(point, volume)
     if np.any(ijk < -0.5) or np.any(ijk > np.asarray(volume.shape[::-1]) - 0.5):
         raise PromptError(f"{what} RAS {point.round(2).tolist()} is outside the image "
                           f"(voxel {ijk.round(1).tolist()}, size {volume.shape[::-1]})", field=what)

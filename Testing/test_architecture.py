@@ -1,0 +1,116 @@
+"""The architecture as the issue states it: no import cycles, the engine never imports Slicer, Qt or
+VTK, models import no files or geometry, RAS becomes crop voxels only in the model space, and every
+way of segmenting keeps the Session contract."""
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "ka2er_core"
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imports_of(path: Path) -> set[str]:
+    """Every ka2er_core module ``path`` imports (absolute names; ``from . import x`` resolved), at
+    any depth of the file (imports inside functions count: they run too)."""
+    name = module_name(path)
+    package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = ".".join(base[: len(base) - node.level + 1])
+                module = f"{base}.{node.module}" if node.module else base
+            else:
+                module = node.module or ""
+            found.add(module)
+            found |= {f"{module}.{alias.name}" for alias in node.names}
+    return found
+
+
+@pytest.fixture(scope="module")
+def graph() -> dict[str, set[str]]:
+    modules = {module_name(p): p for p in PACKAGE.rglob("*.py")}
+    return {name: {m for m in imports_of(path) if m in modules and m != name}
+            for name, path in modules.items()}
+
+
+def test_no_import_cycles(graph):
+    state: dict[str, int] = {}  # 1 on the current path, 2 done
+
+    def visit(node, path):
+        state[node] = 1
+        for neighbour in sorted(graph[node]):
+            if state.get(neighbour) == 1:
+                cycle = path[path.index(neighbour):] + [neighbour]
+                pytest.fail("import cycle: " + " -> ".join(cycle))
+            if neighbour not in state:
+                visit(neighbour, path + [neighbour])
+        state[node] = 2
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node, [node])
+
+
+def test_the_engine_never_imports_slicer_qt_or_vtk():
+    for path in PACKAGE.rglob("*.py"):
+        roots = {name.split(".")[0] for name in imports_of(path)}
+        assert not roots & {"slicer", "qt", "vtk", "ctk", "PythonQt"}, path
+
+
+def test_models_import_no_data_files_or_geometry(graph):
+    for name, imported in graph.items():
+        if name.startswith("ka2er_core.modeling"):
+            bad = {m for m in imported if m.split(".")[1] in {"data", "io", "geometry"}}
+            assert not bad, (name, bad)
+
+
+def test_ras_becomes_voxels_only_in_the_model_space_and_geometry():
+    allowed = {"ka2er_core.geometry"}
+    for path in PACKAGE.rglob("*.py"):
+        name = module_name(path)
+        if name in allowed or name.startswith("ka2er_core.modelspace"):
+            continue
+        calls = [node for node in ast.walk(ast.parse(path.read_text()))
+                 if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "ras_to_ijk"]
+        assert not calls, f"{name} calls ras_to_ijk"
+
+
+def test_every_session_keeps_the_session_contract():
+    from ka2er_core.bundle import load_bundle
+    from ka2er_core.data.phantoms import ct_phantom
+    from ka2er_core.demo import ShownSession
+    from ka2er_core.evaluation.baseline import RandomWalkerSession
+    from ka2er_core.inference import InteractiveSession
+    from ka2er_core.inference.protocols import Session
+    from ka2er_core.server.client import RemoteSession
+
+    for cls in (InteractiveSession, RemoteSession, RandomWalkerSession, ShownSession):
+        missing = [m for m in ("set_target", "add_point", "add_box", "mask") if not hasattr(cls, m)]
+        assert not missing, (cls.__name__, missing)
+    image = ct_phantom(10000, shape=(16, 24, 24)).image
+    for session in (InteractiveSession(load_bundle(), device="cpu"), RandomWalkerSession()):
+        session.set_image(image)
+        assert isinstance(session, Session)
+    assert not isinstance(object(), Session)
+
+
+def test_both_promptable_architectures_keep_the_model_contract():
+    from ka2er_core.modeling import ModelConfig, PromptableSegmenter
+    from ka2er_core.modeling.protocols import PromptableModel
+    from ka2er_core.modeling.sam_med3d import SamMed3D
+
+    from importer_fixtures import TINY
+
+    assert isinstance(PromptableSegmenter(ModelConfig.tiny()), PromptableModel)
+    assert isinstance(SamMed3D(TINY), PromptableModel)
+    assert not isinstance(object(), PromptableModel)

@@ -772,7 +772,7 @@ class KA2ERSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onResult(self, segmentId, result):
         self.ui.statusLabel.text = (f"{segmentId}: {result.latency_ms:.0f} ms, confidence "
-                                    f"{result.score:.2f}, answered by {result.expert}")
+                                    f"{result.score:.2f}, answered by {result.member}")
 
     def onError(self, text):
         self.ui.statusLabel.text = f"Error: {text}"

@@ -114,7 +114,7 @@ def test_the_student_bundle_runs_alone_and_training_resumes(tasks, tmp_path):
     session.set_image(images[0])
     inside = np.argwhere(label.array == 1).mean(axis=0)[::-1]
     result = session.add_point(ijk_to_ras_points(inside, images[0].ijk_to_ras))
-    assert session.mask.shape == images[0].shape and result.expert == "general"
+    assert session.mask.shape == images[0].shape and result.member == "general"
 
     result = run_cli(["amalgamate", "--dataset", str(folders[0]), "--dataset", str(folders[1]),
                       "--expert", str(experts[0]), "--expert", str(experts[1]), "--out", str(out),

@@ -73,7 +73,7 @@ def test_sam_med3d_checkpoint_imports_loads_and_answers_a_click(turbo, rng):
     centre = ijk_to_ras_points(np.array(shape[::-1]) / 2, volume.ijk_to_ras)
     result = session.add_point(centre, positive=True)
     assert session.mask.shape == shape and session.mask.dtype == np.uint8
-    assert result.expert == "general" and np.isfinite(result.score)
+    assert result.member == "general" and np.isfinite(result.score)
 
 
 def test_bare_state_dict_or_training_checkpoint():

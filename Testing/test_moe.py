@@ -222,15 +222,15 @@ def test_the_gate_routes_each_task_to_the_member_that_segments_it(phantoms, tmp_
     assert bundle.gate.threshold == selection["threshold"] < 1
     assert selection["dice_routed"] > selection["dice_general"] + 0.02
 
-    experts = {}
+    members = {}
     for folder in phantoms:
         images, label = load_dataset(folder).test_cases[0].load()
         session = InteractiveSession(bundle, device="cpu")
         session.set_image(images[0])
         lo, hi = foreground_bounds(label.array == KIDNEYS_AND_SPINE["right kidney"])
         box = ijk_box_to_ras(lo[::-1], hi[::-1], images[0].ijk_to_ras)
-        experts[folder.name] = session.add_box(*box).expert
-    assert experts == {"Dataset003_CTPhantom": "general", "Dataset004_MRPhantom": "MRPhantom"}
+        members[folder.name] = session.add_box(*box).member
+    assert members == {"Dataset003_CTPhantom": "general", "Dataset004_MRPhantom": "MRPhantom"}
 
 
 def test_the_threshold_keeps_small_gains_and_forgets_no_target():
@@ -305,7 +305,7 @@ def test_members_answer_only_on_the_modalities_they_were_tuned_on(tiny_moe, volu
             always(bundle.gate, member)
             session = InteractiveSession(bundle, device="cpu")
             session.set_image(image)
-            assert session.add_point(centre_ras(image)).expert == answer, (member, answer)
+            assert session.add_point(centre_ras(image)).member == answer, (member, answer)
 
     meta["gate"]["modalities"] = {"brain": ["pet"]}
     (path / "bundle.json").write_text(json.dumps(meta))
@@ -318,10 +318,10 @@ def test_pinning_bypasses_the_gate(tiny_moe, volume, monkeypatch):
     calls = count_gate_calls(bundle.gate, monkeypatch)
     session = InteractiveSession(bundle, device="cpu")
     session.set_image(volume)
-    assert session.add_point(centre_ras(volume)).expert in MEMBERS and len(calls) == 1
+    assert session.add_point(centre_ras(volume)).member in MEMBERS and len(calls) == 1
     session.pin("liver")
     for offset in ((2, 0, 0), (0, 3, 0)):
-        assert session.add_point(centre_ras(volume, offset)).expert == "liver"
+        assert session.add_point(centre_ras(volume, offset)).member == "liver"
     assert len(calls) == 1
     session.pin(None)
     session.set_target("second")
@@ -339,13 +339,13 @@ def test_members_are_read_on_first_use_only(tiny_moe, volume, monkeypatch):
     session = InteractiveSession(bundle, device="cpu")
     session.set_image(volume)
     results = [session.add_point(centre_ras(volume, offset)) for offset in ((0, 0, 0), (3, 0, 0))]
-    assert [r.expert for r in results] == ["general", "general"]
+    assert [r.member for r in results] == ["general", "general"]
     assert bundle.members.loaded == ["general"]
     assert sorted(read) == ["gate.safetensors", "general.safetensors"]
 
     always(bundle.gate, "brain")
     session.set_target("second")
-    assert session.add_point(centre_ras(volume)).expert == "brain"
+    assert session.add_point(centre_ras(volume)).member == "brain"
     assert bundle.members.loaded == ["general", "brain"] and "liver.safetensors" not in read
 
 
@@ -359,7 +359,7 @@ def test_bundles_without_a_gate_never_call_one(tiny_moe, volume, monkeypatch):
         session.set_image(volume)
         first = session.add_point(centre_ras(volume))
         assert session.mask.any()  # the second click corrects a mask
-        assert session.add_point(centre_ras(volume, (2, 0, 0)), positive=False).expert == first.expert
+        assert session.add_point(centre_ras(volume, (2, 0, 0)), positive=False).member == first.member
     assert len(calls) == 1  # the moe session's first prompt; its correction stays with that member
 
 
@@ -371,21 +371,21 @@ def test_a_target_is_corrected_by_the_member_that_made_it(tiny_moe, volume, monk
     session = InteractiveSession(bundle, device="cpu")
     session.set_image(volume)
     always(bundle.gate, "brain")
-    assert session.add_point(centre_ras(volume)).expert == "brain" and session.mask.any()
+    assert session.add_point(centre_ras(volume)).member == "brain" and session.mask.any()
     always(bundle.gate, "liver")
     corrections = [session.add_point(centre_ras(volume, offset), positive=positive)
                    for offset, positive in (((3, 0, 0), False), ((0, 2, 0), True))]
-    assert [r.expert for r in corrections] == ["brain", "brain"] and len(calls) == 1
+    assert [r.member for r in corrections] == ["brain", "brain"] and len(calls) == 1
 
     session.set_target("second")  # a new target is routed afresh
-    assert session.add_point(centre_ras(volume)).expert == "liver" and len(calls) == 2
+    assert session.add_point(centre_ras(volume)).member == "liver" and len(calls) == 2
 
     session.set_target("Segment_1")
     lo, hi = centre_ras(volume, (-4, -4, -2)), centre_ras(volume, (4, 4, 2))
-    assert session.add_box(lo, hi).expert == "liver" and len(calls) == 3  # a box routes again
+    assert session.add_box(lo, hi).member == "liver" and len(calls) == 3  # a box routes again
     session.undo()
     always(bundle.gate, "general")
-    assert session.add_point(centre_ras(volume, (1, 1, 0))).expert == "brain"  # before the box
+    assert session.add_point(centre_ras(volume, (1, 1, 0))).member == "brain"  # before the box
     assert len(calls) == 3
     for _ in range(4):
         session.undo()

@@ -92,7 +92,7 @@ def test_the_same_clicks_give_the_same_mask_as_in_process(server, bundle):
             a, b = local.undo(), remote.undo()
         assert np.array_equal(local.mask, remote.mask), kind
         if kind != "undo":
-            assert a.region == b.region and a.expert == b.expert and b.latency_ms > 0
+            assert a.region == b.region and a.member == b.member and b.latency_ms > 0
             assert abs(a.score - b.score) < 1e-5
         assert local.undo_depth == remote.undo_depth
     assert remote.mask.any()

@@ -81,7 +81,7 @@ def test_clicks_undo_exactly_and_share_the_embedding(bundle, volume, monkeypatch
     session.add_box(centre_ras(volume, (-6, -6, -3)), centre_ras(volume, (6, 6, 3)))
     after_box = session.mask.copy()
     result = session.add_point(centre_ras(volume, (1, 0, 0)), positive=False)
-    assert result.expert == "general" and result.latency_ms > 0 and np.isfinite(result.score)
+    assert result.member == "general" and result.latency_ms > 0 and np.isfinite(result.score)
     if result.region is not None:
         outside = np.ones(SHAPE, bool)
         outside[result.region] = False
@@ -180,15 +180,15 @@ def test_block_paste_equals_a_full_render_when_only_a_ball_changes(rng, volume):
 def test_pinning_a_member_makes_it_answer(volume):
     torch.manual_seed(1)
     members = {name: Segmenter(name, PromptableSegmenter(ModelConfig.tiny()).eval(), Normalization("mr"),
-                               1.5, 4.0) for name in ("general", "brain expert")}
+                               1.5, 4.0) for name in ("general", "brain")}
     session = InteractiveSession(Bundle(None, "moe", members), device="cpu")
     session.set_image(volume)
-    assert session.members == ["general", "brain expert"]
-    assert session.add_point(centre_ras(volume)).expert == "general"
-    session.pin("brain expert")
-    assert session.add_point(centre_ras(volume, (2, 0, 0))).expert == "brain expert"
+    assert session.members == ["general", "brain"]
+    assert session.add_point(centre_ras(volume)).member == "general"
+    session.pin("brain")
+    assert session.add_point(centre_ras(volume, (2, 0, 0))).member == "brain"
     session.pin(None)
-    assert session.add_point(centre_ras(volume, (-2, 0, 0))).expert == "general"
+    assert session.add_point(centre_ras(volume, (-2, 0, 0))).member == "general"
     with pytest.raises(PromptError, match="unknown member 'liver'"):
         session.pin("liver")
 

@@ -95,18 +95,18 @@ def test_the_shipped_bundles_fit_the_budget_and_the_moe_loads_lazily():
     assert pinned.dice[-1] > 0.85 and moe.members.loaded == ["general"]
     session.pin(None)  # the gate routes the same box on a T1 image to the T1 brain member
     routed = run_protocol(session, subject.image, brain, 1, target="brain (routed)")
-    assert routed.experts == ["mni-t1-brain"] and moe.members.loaded == ["general", "mni-t1-brain"]
+    assert routed.members == ["mni-t1-brain"] and moe.members.loaded == ["general", "mni-t1-brain"]
     assert routed.dice[-1] > pinned.dice[-1] + 0.02, (routed.dice, pinned.dice)
     white_matter = subject.label.array == MNI_LABELS["white matter"]
     click = ijk_to_ras_points(component_centre(white_matter)[0][::-1].astype(float),
                               subject.image.ijk_to_ras)
     session.pin("general")  # the gate bypassed: the general model answers the white-matter click
     session.set_target("white matter (general)")
-    assert session.add_point(click).expert == "general"
+    assert session.add_point(click).member == "general"
     general = dice(session.mask > 0, white_matter)
     session.pin(None)  # the gate routes a click on T1 white matter to the T1 white-matter member
     session.set_target("white matter (routed)")
-    assert session.add_point(click).expert == "mni-t1-wm"
+    assert session.add_point(click).member == "mni-t1-wm"
     assert moe.members.loaded == ["general", "mni-t1-brain", "mni-t1-wm"]
     assert dice(session.mask > 0, white_matter) > general + 0.1, general
 
@@ -125,5 +125,5 @@ def test_ct_prompts_never_reach_the_members_tuned_on_mr(session):
                                   phantom.image.ijk_to_ras)
         for each in (session, student):
             each.set_image(phantom.image)
-            assert each.add_point(click).expert == "general", name
+            assert each.add_point(click).member == "general", name
         assert np.array_equal(session.mask, student.mask), name

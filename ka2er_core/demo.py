@@ -78,7 +78,7 @@ class ShownSession:
         name = "box" if kind == "box" else f"{kind} click"
         self.progress(f"{self.session.target_name:<12} prompt {len(self.prompts)}/{self.total} "
                       f"{name:<7} Dice {dice(self.mask > 0, self.truth):.3f} "
-                      f"{result.latency_ms:6.0f} ms  model: {result.expert}")
+                      f"{result.latency_ms:6.0f} ms  model: {result.member}")
         return result
 
 

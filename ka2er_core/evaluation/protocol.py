@@ -28,7 +28,7 @@ def dice(prediction: np.ndarray, truth: np.ndarray) -> float:
 class ProtocolRun:
     dice: list[float] = field(default_factory=list)
     latency_ms: list[float] = field(default_factory=list)
-    experts: list[str] = field(default_factory=list)
+    members: list[str] = field(default_factory=list)
     prompts: list[str] = field(default_factory=list)
 
     def clicks_to(self, threshold: float) -> Optional[int]:
@@ -62,7 +62,7 @@ def run_protocol(session: Session, image: Volume, truth: np.ndarray, prompts: in
             if click is None:  # already perfect: the score stays
                 run.dice.append(run.dice[-1])
                 run.latency_ms.append(0.0)
-                run.experts.append(run.experts[-1] if run.experts else "")
+                run.members.append(run.members[-1] if run.members else "")
                 run.prompts.append("none")
                 continue
             kji, positive = click
@@ -71,5 +71,5 @@ def run_protocol(session: Session, image: Volume, truth: np.ndarray, prompts: in
             run.prompts.append("+" if positive else "-")
         run.dice.append(dice(session.mask > 0, truth))
         run.latency_ms.append(result.latency_ms)
-        run.experts.append(result.expert)
+        run.members.append(result.member)
     return run

@@ -19,12 +19,13 @@ Region = tuple[slice, slice, slice]
 @dataclass(frozen=True)
 class Result:
     """``region``: the (k, j, i) slices of the volume that were rewritten (None if nothing changed);
-    ``score``: predicted IoU; ``expert``: the model that answered; ``latency_ms``: wall time;
-    ``clipped``: the prompt (a box) ran past the image and was clipped to it."""
+    ``score``: predicted IoU; ``member``: the model that answered (a bundle's member name);
+    ``latency_ms``: wall time; ``clipped``: the prompt (a box) ran past the image and was clipped to
+    it."""
 
     region: Optional[Region]
     score: float
-    expert: str
+    member: str
     latency_ms: float
     clipped: bool = False
 

@@ -131,7 +131,7 @@ class ChangedRegion(BaseModel):
 class PromptReply(BaseModel):
     changed: Optional[ChangedRegion]
     score: float
-    expert: str
+    member: str = Field(description="the bundle member that answered")
     latency_ms: float = Field(description="model time on the server")
     undo_depth: int
 
@@ -266,7 +266,7 @@ def create_app(bundle: Bundle, token: Optional[str], limits: Limits = Limits(),
                                   "reset it", field="target")
             result = call(session)
             return {"changed": encode_region(session.mask, result.region), "score": result.score,
-                    "expert": result.expert, "latency_ms": result.latency_ms,
+                    "member": result.member, "latency_ms": result.latency_ms,
                     "undo_depth": session.undo_depth}
         return work
 

@@ -177,7 +177,7 @@ class RemoteSession:
         reply = self._call("POST", f"/{kind}", body, target=True, request_id=True)
         region = self._apply(reply["changed"])
         self._undo_depth[self.target_name] = reply["undo_depth"]
-        return Result(region, reply["score"], reply["expert"], (time.perf_counter() - start) * 1000)
+        return Result(region, reply["score"], reply["member"], (time.perf_counter() - start) * 1000)
 
     def _apply(self, changed: Optional[dict]) -> Optional[Region]:
         decoded = decode_region(changed, self._require_image().shape)

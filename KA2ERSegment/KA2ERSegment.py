@@ -27,7 +27,7 @@ from slicer.util import VTKObservationMixin
 from KA2ERSegmentLib.choices import (AUTO, DEVICES, PROMPT_NODES, ModelSource, PromptKind,
                                      source_kind)
 from KA2ERSegmentLib.dependencies import DependencyInstaller
-from KA2ERSegmentLib.errors import SceneError, describe
+from KA2ERSegmentLib.errors import SceneError, describe_error
 from KA2ERSegmentLib.geometry import box_world, engine_volume, point_world
 from KA2ERSegmentLib.segments import read_segment, write_region
 from KA2ERSegmentLib.targets import TargetSync, seed_target
@@ -54,8 +54,8 @@ class KA2ERSegment(ScriptedLoadableModule):
             "segment, and each further click corrects it. Shortcuts: "
             + ", ".join(f"{key} {action}" for key, action in SHORTCUTS.items()) + ".")
         self.parent.acknowledgementText = (
-            "Models after KA2ER (amalgamated task experts) and SAM-Med3D-MoE. The shipped demo model "
-            "is for trying the workflow, not for clinical use.")
+            "Models after KA2ER (amalgamated task experts) and SAM-Med3D-MoE. The shipped models are "
+            "for trying the workflow, not for clinical use.")
 
 
 # ---- Parameter node ----------------------------------------------------------------------------
@@ -157,7 +157,7 @@ class KA2ERSegmentLogic(ScriptedLoadableModuleLogic, VTKObservationMixin):
     # -- model and inputs --
 
     def loadModel(self, source: str = "", token: str = "", device: str = AUTO) -> None:
-        """``source``: "" for the shipped demo model, a bundle folder, or a server URL. Source and
+        """``source``: "" for the shipped model, a bundle folder, or a server URL. Source and
         device are kept in the parameter node (the token is not); the member chosen before answers
         again if the new model has it."""
         parameters = self.parameterNode
@@ -467,7 +467,7 @@ class KA2ERSegmentLogic(ScriptedLoadableModuleLogic, VTKObservationMixin):
 
     def _report(self, error: BaseException) -> None:
         if self.onError is not None:
-            self.onError(describe(error, self.parameterNode.device))
+            self.onError(describe_error(error, self.parameterNode.device))
 
 
 def changedValues(session, region):
@@ -621,7 +621,7 @@ class KA2ERSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         try:
             return action(*args)
         except (SceneError, RuntimeError) as error:
-            self.onError(describe(error))
+            self.onError(describe_error(error))
             return None
 
     def modelSource(self) -> str:

@@ -18,7 +18,7 @@ sys.path.insert(0, str(MODULE))
 from KA2ERSegmentLib import dependencies  # noqa: E402
 from KA2ERSegmentLib.choices import (PROMPT_NODES, ModelSource, PromptKind,  # noqa: E402
                                      source_kind)
-from KA2ERSegmentLib.errors import describe  # noqa: E402
+from KA2ERSegmentLib.errors import describe_error  # noqa: E402
 from KA2ERSegmentLib.targets import TargetSync, seed_target  # noqa: E402
 from KA2ERSegmentLib.worker import Job, Worker  # noqa: E402
 
@@ -112,7 +112,7 @@ def test_every_prompt_kind_has_its_own_node():
     (RuntimeError("no model loaded: press Load model"), "no model loaded: press Load model"),
 ])
 def test_errors_are_described_in_one_line(error, text):
-    assert describe(error, "cuda").startswith(text)
+    assert describe_error(error, "cuda").startswith(text)
 
 
 def test_dependencies_are_installed_once_with_consent(monkeypatch):

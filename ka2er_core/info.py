@@ -27,7 +27,7 @@ def label_counts(array: np.ndarray) -> dict[int, int] | None:
     return {int(v): int(counts[v]) for v in values if v != 0}
 
 
-def describe(path: str | Path) -> str:
+def describe_file(path: str | Path) -> str:
     """A multi-line summary of a volume or segmentation file (raises Ka2erError on bad input)."""
     path = Path(path)
     suffix = full_suffix(path)

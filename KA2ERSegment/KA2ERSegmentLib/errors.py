@@ -7,7 +7,7 @@ class SceneError(ValueError):
     """A scene the module cannot work with (what node, what is wrong, what is expected)."""
 
 
-def describe(error: BaseException, device: str = "") -> str:
+def describe_error(error: BaseException, device: str = "") -> str:
     """One clear line for the status bar and the error dialog."""
     if isinstance(error, MemoryError) or "out of memory" in str(error).lower():
         return (f"out of memory{' on ' + device if device else ''}: choose device cpu, crop the "

@@ -11,12 +11,12 @@ from .common import add_output_argument, named_number, positive_int, progress_pr
 
 
 def run_info(args: argparse.Namespace) -> int:
-    from ..info import describe
+    from ..info import describe_file
 
     failures = 0
     for path in args.files:
         try:
-            print(describe(path))
+            print(describe_file(path))
         except Ka2erError as err:
             print(f"ka2er: error: {err}", file=sys.stderr)
             failures += 1

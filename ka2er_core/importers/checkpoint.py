@@ -66,7 +66,7 @@ def check_state(found: Mapping[str, Any], expected: Mapping[str, tuple], path: P
     optional = optional or {}
     missing = [f"{k} {expected[k]}" for k in expected if k not in found]
     unexpected = [k for k in found if k not in expected and k not in optional]
-    wrong = [f"{k}: expected {shape}, found {describe(found[k])}"
+    wrong = [f"{k}: expected {shape}, found {describe_loaded(found[k])}"
              for k, shape in {**optional, **expected}.items()
              if k in found and (not torch.is_tensor(found[k]) or tuple(found[k].shape) != shape)]
     problems = [f"{len(items)} {kind} ({'; '.join(items[:SHOWN])}{'; ...' if len(items) > SHOWN else ''})"
@@ -76,7 +76,7 @@ def check_state(found: Mapping[str, Any], expected: Mapping[str, tuple], path: P
         raise CheckpointError(f"does not match {what}: " + ", ".join(problems), path=path)
 
 
-def describe(value: Any) -> str:
+def describe_loaded(value: Any) -> str:
     """A short description of a loaded value for error messages."""
     if torch.is_tensor(value):
         return f"{tuple(value.shape)}"

@@ -42,7 +42,7 @@ from ..bundle import Expert, save_bundle
 from ..io.checksum import sha256
 from ..modeling.expert import ExpertPlan, NnUNetExpert, PlanError
 from ..modeling.normalization import Normalization
-from .checkpoint import CheckpointError, check_state, describe, read_checkpoint
+from .checkpoint import CheckpointError, check_state, describe_loaded, read_checkpoint
 
 CONFIGURATION = "3d_fullres"
 MR_CLIP = 100.0
@@ -72,7 +72,7 @@ def import_nnunet(folder: Path, out: Path, fold: str = "all", checkpoint: str = 
     loaded = read_checkpoint(path)
     if not isinstance(loaded, dict) or not isinstance(loaded.get("network_weights"), dict):
         raise CheckpointError(f"expected an nnU-Net checkpoint (a dict with 'network_weights'), found "
-                              f"{describe(loaded)}", path=path)
+                              f"{describe_loaded(loaded)}", path=path)
     configuration = (loaded.get("init_args") or {}).get("configuration", CONFIGURATION)
     if configuration != CONFIGURATION:
         raise CheckpointError(f"was trained as {configuration!r}; only {CONFIGURATION!r} is imported",

@@ -26,7 +26,7 @@ from ..bundle import Segmenter, save_bundle
 from ..io.checksum import sha256
 from ..modeling.normalization import Normalization
 from ..modeling.sam_med3d import SamMed3D, SamMed3DConfig
-from .checkpoint import CheckpointError, check_state, describe, read_checkpoint
+from .checkpoint import CheckpointError, check_state, describe_loaded, read_checkpoint
 
 SPACING = 1.5
 NORMALIZATION = Normalization("mr", clip=100.0)
@@ -59,5 +59,6 @@ def state_dict_of(loaded: Any, path: Path) -> Mapping[str, Any]:
     state = loaded.get("model_state_dict", loaded) if isinstance(loaded, Mapping) else loaded
     if not isinstance(state, Mapping) or not any(torch.is_tensor(v) for v in state.values()):
         raise CheckpointError("expected SAM-Med3D weights: a state dict (names -> tensors), or a dict "
-                              f"holding one as 'model_state_dict'; found {describe(loaded)}", path=path)
+                              f"holding one as 'model_state_dict'; found {describe_loaded(loaded)}",
+                              path=path)
     return state

@@ -33,7 +33,7 @@ METADATA_KEYS = ("version", "monai_version", "pytorch_version", "numpy_version",
 
 
 @pytest.fixture(scope="module")
-def demo():
+def student():
     return load_bundle(STUDENT_BUNDLE)
 
 
@@ -97,27 +97,27 @@ def error_line(capsys) -> str:
     return lines[0]
 
 
-def test_inspect_prints_kind_labels_parameters_and_training(demo, capsys, monkeypatch):
-    parameters = sum(value.numel() for value in demo.default.model.state_dict().values())
+def test_inspect_prints_kind_labels_parameters_and_training(student, capsys, monkeypatch):
+    parameters = sum(value.numel() for value in student.default.model.state_dict().values())
     no_model(monkeypatch)
     assert main(["bundle", "inspect", str(STUDENT_BUNDLE)]) == 0
     out = capsys.readouterr().out
     assert "kind   student" in out
-    assert "labels " + ", ".join(demo.meta["labels"]) in out
+    assert "labels " + ", ".join(student.meta["labels"]) in out
     assert f"parameters     {parameters:,}" in out
     assert "general.safetensors, 6.4 MB, sha256 ok" in out
     assert "1.5 mm base, 4 mm max" in out and "64^3 voxels" in out
     assert "auto: CT window [-160, 240] HU" in out
-    assert f"steps: {demo.meta['training']['steps']}" in out
+    assert f"steps: {student.meta['training']['steps']}" in out
     assert "held_out_mean_dice_at_1_3_5_prompts" in out and "metrics\n  (none)" not in out
 
     assert main(["bundle", "inspect", "--json", str(STUDENT_BUNDLE)]) == 0
     report = json.loads(capsys.readouterr().out)
     general = report["members"]["general"]
-    assert report["kind"] == "student" and report["labels"] == demo.meta["labels"]
+    assert report["kind"] == "student" and report["labels"] == student.meta["labels"]
     assert general["parameters"] == parameters and general["weights"]["sha256"] == "ok"
     assert general["crop_size"] == 64 and general["normalization"]["kind"] == "auto"
-    assert report["training"] == demo.meta["training"]
+    assert report["training"] == student.meta["training"]
 
 
 def test_inspect_shows_the_gate_threshold_and_the_expert_plan(moe, expert, capsys):
@@ -184,13 +184,13 @@ def test_an_unknown_member_type_or_expert_variant_is_named(expert, tmp_path):
             assert str(caught.value).startswith(where)
 
 
-def test_monai_export_gives_the_same_model(demo, tmp_path, capsys):
+def test_monai_export_gives_the_same_model(student, tmp_path, capsys):
     out = tmp_path / "monai"
     assert main(["bundle", "export", "--monai", str(out), str(STUDENT_BUNDLE)]) == 0
     metadata = json.loads((out / "configs" / "metadata.json").read_text())
     assert all(key in metadata for key in METADATA_KEYS)
     assert set(metadata["network_data_format"]["inputs"]) == {"image", "coords", "labels", "mask"}
-    assert metadata["ka2er"] == {"member": "general", "bundle": demo.meta}
+    assert metadata["ka2er"] == {"member": "general", "bundle": student.meta}
     assert (out / "docs" / "README.md").read_text() == (STUDENT_BUNDLE / "README.md").read_text()
 
     parser = ConfigParser()
@@ -205,15 +205,16 @@ def test_monai_export_gives_the_same_model(demo, tmp_path, capsys):
     labels = torch.tensor([[BOX_LOW, BOX_HIGH, POSITIVE]])
     with torch.inference_mode():
         logits, iou = network(image, coords, labels)
-        expected_logits, expected_iou = demo.default.model(image, coords, labels)
+        expected_logits, expected_iou = student.default.model(image, coords, labels)
     assert torch.allclose(logits, expected_logits) and torch.allclose(iou, expected_iou)
     safetensors_state = load_file(out / "models" / "model.safetensors")
-    assert all(torch.equal(safetensors_state[k], v) for k, v in demo.default.model.state_dict().items())
+    state = student.default.model.state_dict()
+    assert all(torch.equal(safetensors_state[k], v) for k, v in state.items())
 
     parser["bundle_root"] = str(out)
     parser.get_parsed_content("initialize")  # the config's own recipe loads the same weights
     loaded = parser.get_parsed_content("network").state_dict()
-    assert all(torch.equal(loaded[k], v) for k, v in demo.default.model.state_dict().items())
+    assert all(torch.equal(loaded[k], v) for k, v in student.default.model.state_dict().items())
 
 
 def test_export_refuses_an_existing_folder_and_never_leaves_half_a_bundle(tmp_path, capsys,

@@ -199,16 +199,16 @@ def with_spare_channel(model: PromptableSegmenter, gain: float, offset: float,
 
 
 def test_the_gate_routes_each_task_to_the_member_that_segments_it(phantoms, tmp_path):
-    """General: the demo model, except that MR's bright tissue (normalised intensity above 1.3: fat,
-    kidney; CT's window stops at 1) floods into every mask. Member "MRPhantom": the demo model with
+    """General: the shipped student, except that MR's bright tissue (normalised intensity above 1.3:
+    fat, kidney; CT's window stops at 1) floods into every mask. Member "MRPhantom": the student with
     every mask dilated (+6 on its logits). On CT the general model's masks are better, on MR the
     member's; after brief training (ka2er train-gate) a kidney box on a held-out CT image goes to
     the general model and the same box on a held-out MR image to the member."""
-    demo = load_bundle().default
-    floods_bright = with_spare_channel(demo.model, gain=100, offset=-130, logit_weight=50)
-    dilates = with_spare_channel(demo.model, gain=0, offset=10, logit_weight=0.6)
-    save_bundle(tmp_path / "general", replace(demo, model=floods_bright))
-    save_bundle(tmp_path / "MRPhantom", replace(demo, model=dilates))
+    student = load_bundle().default
+    floods_bright = with_spare_channel(student.model, gain=100, offset=-130, logit_weight=50)
+    dilates = with_spare_channel(student.model, gain=0, offset=10, logit_weight=0.6)
+    save_bundle(tmp_path / "general", replace(student, model=floods_bright))
+    save_bundle(tmp_path / "MRPhantom", replace(student, model=dilates))
     out = tmp_path / "moe"
     assert main(["train-gate", "--general", str(tmp_path / "general"),
                  "--member", str(tmp_path / "MRPhantom"), "--dataset", str(phantoms[0]),

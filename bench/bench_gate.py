@@ -44,11 +44,11 @@ def resident_mb() -> float:
     raise RuntimeError("no VmRSS in /proc/self/status")
 
 
-def moe_from_demo(folder: Path) -> Path:
+def moe_from_student(folder: Path) -> Path:
     """The student as general model plus copies as task members, and a gate that never routes away."""
-    demo = load_bundle(STUDENT_BUNDLE).default
-    members = [demo] + [replace(demo, name=name) for name in TASK_MEMBERS]
-    gate = Gate.for_model([m.name for m in members], demo.model)
+    student = load_bundle(STUDENT_BUNDLE).default
+    members = [student] + [replace(student, name=name) for name in TASK_MEMBERS]
+    gate = Gate.for_model([m.name for m in members], student.model)
     gate.threshold = 1.05
     return save_moe_bundle(folder / "moe", members, gate.eval())
 
@@ -78,7 +78,7 @@ def main():
 
     volume, truth = benchmark_volume()
     with tempfile.TemporaryDirectory() as tmp:
-        bundle = load_bundle(moe_from_demo(Path(tmp)))
+        bundle = load_bundle(moe_from_student(Path(tmp)))
         start_mb = resident_mb()
         routed = InteractiveSession(bundle, device="cpu")
         plain = InteractiveSession(load_bundle(STUDENT_BUNDLE), device="cpu")

@@ -1,6 +1,6 @@
 """Click-path benchmark: ours vs a SAM-Med3D-sized reference, timed in the same process.
 
-Ours: the shipped demo bundle (or --bundle) in an InteractiveSession on a 256x256x200 volume (the
+Ours: the shipped default bundle (or --bundle) in an InteractiveSession on a 256x256x200 volume (the
 MNI152 1 mm template placed in that grid): image embedding of a new crop, then per-click latency from
 a RAS click to the mask pasted into the volume grid: protocol clicks (largest error anywhere; some
 need a new crop embedding) and clicks near one crop (embedding cached, the budget's case); peak memory.

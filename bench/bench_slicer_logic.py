@@ -1,7 +1,7 @@
 """Slicer-side cost of a click: the module's Logic against the vtk-based Slicer stand-in.
 
 A 512x512x300 oblique CT phantom (made at half resolution, each voxel repeated 2x2x2) under a linear
-transform; the shipped demo model answers in an InteractiveSession on the Logic's worker thread. Per
+transform; the shipped default model answers in an InteractiveSession on the Logic's worker thread. Per
 click this times only what the module adds on Slicer's side: the control point to a world RAS prompt
 (``lastSceneMs["prompt"]``) and writing the changed region into the segment
 (``lastSceneMs["write"]``). Reference, in the same process: writing the whole mask into the segment

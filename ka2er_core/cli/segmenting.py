@@ -66,9 +66,10 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 
 def method_name(bundle: Optional[Path], bundles: Sequence[Optional[Path]]) -> str:
-    """A bundle's name in reports: its folder name, with the parent's if two share a name."""
+    """A bundle's name in reports: its folder name, with the parent's if two share a name ("default"
+    for the shipped default)."""
     if bundle is None:
-        return "demo"
+        return "default"
     names = [b.name for b in bundles if b is not None]
     return bundle.name if names.count(bundle.name) == 1 else f"{bundle.parent.name}/{bundle.name}"
 
@@ -98,9 +99,9 @@ def add_segmenting_commands(commands: argparse._SubParsersAction) -> None:
         description="First prompt a box (or a click), then clicks at the centre of the largest "
         "error; Dice after each prompt, NoC85/NoC90 and latency per task and target.")
     evaluate.add_argument("--bundle", type=Path, action="append", default=None,
-                          help="bundle folder (default: demo); repeat to compare several (expert "
-                               "bundles segment their own task automatically), which also writes "
-                               "comparison.md/.json/.png")
+                          help="bundle folder (default: the shipped moe bundle); repeat to compare "
+                               "several (expert bundles segment their own task automatically), "
+                               "which also writes comparison.md/.json/.png")
     evaluate.add_argument("--dataset", required=True, action="append", type=Path,
                           help="dataset folder (repeat for several tasks)")
     evaluate.add_argument("--prompts", "--clicks", type=positive_int, default=5,
@@ -133,6 +134,6 @@ def add_segmenting_commands(commands: argparse._SubParsersAction) -> None:
     add_output_argument(demo, default=Path("ka2er-demo"),
                         help="folder for the demo's files (default ./ka2er-demo)")
     demo.add_argument("--bundle", type=Path, default=None,
-                      help="promptable bundle folder (default: the shipped demo bundle)")
+                      help="promptable bundle folder (default: the shipped moe bundle)")
     demo.add_argument("--device", default="auto", help="auto, cpu or cuda")
     demo.set_defaults(run=run_demo)

@@ -51,7 +51,7 @@ class ModelConfig:
 
     @classmethod
     def tiny(cls) -> "ModelConfig":
-        """The CPU configuration of the demo and the tests."""
+        """The CPU configuration of the shipped models and the tests."""
         return cls(crop_size=64, encoder_embed_dim=12, dim=64, decoder_mlp_dim=256,
                    decoder_heads=4, fine_channels=8)
 

@@ -92,7 +92,7 @@ def test_the_same_clicks_give_the_same_mask_as_in_process(server, bundle):
             a, b = local.undo(), remote.undo()
         assert np.array_equal(local.mask, remote.mask), kind
         if kind != "undo":
-            assert a.region == b.region and a.member == b.member and b.latency_ms > 0
+            assert a.region == b.region and a.member == b.member
             assert abs(a.score - b.score) < 1e-5
         assert local.undo_depth == remote.undo_depth
     assert remote.mask.any()
@@ -218,9 +218,9 @@ def test_an_expired_session_is_uploaded_again_and_the_mask_kept(server):
     server.store.remove(remote.session_id)  # as if it had expired
     result = remote.add_point(points[1])
     assert remote.uploads == 2
+    assert result.region is not None
     outside = np.ones(before.shape, bool)
-    if result.region is not None:
-        outside[result.region] = False
+    outside[result.region] = False
     assert before.any() and np.array_equal(remote.mask[outside], before[outside])  # restored, corrected
     status, mask = server.raw("GET", f"/sessions/{remote.session_id}/targets/Segment_1/mask")
     assert status == 200

@@ -81,11 +81,11 @@ def test_clicks_undo_exactly_and_share_the_embedding(bundle, volume, monkeypatch
     session.add_box(centre_ras(volume, (-6, -6, -3)), centre_ras(volume, (6, 6, 3)))
     after_box = session.mask.copy()
     result = session.add_point(centre_ras(volume, (1, 0, 0)), positive=False)
-    assert result.member == "general" and result.latency_ms > 0 and np.isfinite(result.score)
-    if result.region is not None:
-        outside = np.ones(SHAPE, bool)
-        outside[result.region] = False
-        assert np.array_equal(session.mask[outside], after_box[outside])  # only the region changes
+    assert result.member == "general" and np.isfinite(result.score)
+    assert result.region is not None
+    outside = np.ones(SHAPE, bool)
+    outside[result.region] = False
+    assert np.array_equal(session.mask[outside], after_box[outside])  # only the region changes
     embeds_after_two = len(calls)
     session.undo()
     np.testing.assert_array_equal(session.mask, after_box)

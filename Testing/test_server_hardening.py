@@ -449,3 +449,26 @@ def test_a_binary_token_file_is_refused_in_one_line(capsys, tmp_path):
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and "--token-file: the token must be" in error, error
 
+
+
+def test_a_silent_client_of_a_tls_server_is_closed_within_the_read_timeout(tmp_path):
+    """Before any request a TLS client must finish its handshake; one that never starts it is
+    closed within the read timeout, not asyncio's 60 s."""
+    import trustme
+
+    from ka2er_core.server.app import Limits, create_app
+    from ka2er_core.server.serve import BackgroundServer
+
+    authority = trustme.CA()
+    certificate = authority.issue_cert("127.0.0.1")
+    certfile, keyfile = tmp_path / "cert.pem", tmp_path / "key.pem"
+    certificate.private_key_and_cert_chain_pem.write_to_path(str(certfile))
+    certificate.private_key_pem.write_to_path(str(keyfile))
+    app = create_app(load_bundle(), TOKEN, Limits(read_timeout_s=READ_TIMEOUT_S), device="cpu")
+    server = BackgroundServer(app, ssl_certfile=str(certfile), ssl_keyfile=str(keyfile))
+    try:
+        start = time.monotonic()
+        with socket.create_connection(("127.0.0.1", server.port)) as sock:
+            read_until_closed(sock, start + READ_TIMEOUT_S + 2.0)
+    finally:
+        server.stop()

@@ -4,6 +4,7 @@ access log shows session ids cut short."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from typing import Optional
@@ -122,6 +123,11 @@ def uvicorn_config(app, limits: Limits, forwarded_allow_ips: str = "", **options
     """uvicorn's configuration for ``app``: the read and keep-alive timeouts of ``limits``, and the
     proxies in ``forwarded_allow_ips`` (comma-separated addresses or networks; empty: none) as the
     only peers whose ``X-Forwarded-For`` names the client. ``options`` go to :class:`uvicorn.Config`."""
+    if options.get("ssl_certfile"):
+        # A silent client that never completes the TLS handshake is held by asyncio, before any
+        # protocol of ours sees it, for SSL_HANDSHAKE_TIMEOUT (60 s); uvicorn does not pass
+        # create_server's ssl_handshake_timeout through, so the server process sets the default.
+        asyncio.constants.SSL_HANDSHAKE_TIMEOUT = float(limits.read_timeout_s)
     config = uvicorn.Config(app, http=read_timeout_protocol(limits.read_timeout_s),
                             timeout_keep_alive=limits.keep_alive_s,
                             proxy_headers=bool(forwarded_allow_ips),

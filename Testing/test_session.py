@@ -68,7 +68,9 @@ def test_prompts_outside_the_image_or_malformed_are_refused(bundle, volume):
     with pytest.raises(PromptError, match="3 finite"):
         session.add_point((np.nan, 0, 0))
     with pytest.raises(PromptError, match="box corner"):
-        session.add_box(centre_ras(volume), far)
+        session.add_box(centre_ras(volume), (0, np.inf, 0))
+    with pytest.raises(PromptError, match="does not overlap the image"):  # past it: clipped (test_boxes)
+        session.add_box(far, centre_ras(volume, (600, 0, 0)))
     assert session.mask.sum() == 0 and session.target.history == []
 
 

@@ -141,7 +141,8 @@ def main():
             raise RuntimeError("a click near the crop centre computed a new embedding")
         click_ms.append(result.latency_ms)
     crop = session.target.answer.crop.grid
-    embed_ms = time_it(lambda: session.segmenter.model.embed(
+    answering = session.bundle.members[session.target.member or session.members[0]].model
+    embed_ms = time_it(lambda: answering.embed(
         torch.zeros(1, 1, *crop.shape, device=session.device)), 3)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 

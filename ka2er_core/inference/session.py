@@ -187,9 +187,10 @@ class InteractiveSession:
 
     def _embedding(self, crop: Crop, member: Segmenter):
         def compute():
-            stats = self._statistics.setdefault(
-                member.normalization, member.normalization.statistics(self.volume.array, self._sample))
-            image = crop.sample(self.volume, member.normalization, stats, self._fill)
+            norm = member.normalization  # its statistics of this image, computed once
+            stats = self._statistics.get(norm) or self._statistics.setdefault(
+                norm, norm.statistics(self.volume.array, self._sample))
+            image = crop.sample(self.volume, norm, stats, self._fill)
             with torch.inference_mode():
                 return member.model.embed(torch.from_numpy(image)[None, None].to(self.device))
 

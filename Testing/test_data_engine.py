@@ -91,6 +91,8 @@ def test_engine_scenes_hold_targets_on_their_grid_and_never_the_held_out_family(
             mask = target.mask(scene)
             assert mask.shape == scene.image.shape and mask.sum() >= 50
     assert sources == {"shapes", "phantoms"}
+    with pytest.raises(ValueError, match="unknown scene sources"):
+        DataEngine(EngineConfig(sources={"real scans": 1.0}))
 
 
 @pytest.mark.parametrize("source", ["mni-parcels", "mni-real"])
@@ -130,7 +132,7 @@ def test_scene_sampler_cuts_session_crops_and_collates_click_rounds():
         samples, batch = sampler.draw(rng)
         assert batch["images"].shape == batch["truths"].shape == (3, 1, 32, 32, 32)
         assert all((s.truth > 0.5).any() for s in samples)
-        assert len(sampler._pool) == 2
+        assert len(sampler.scenes) == 2
 
 
 def test_realcheck_folder_holds_the_twelve_largest_labels(tmp_path):

@@ -136,6 +136,11 @@ class DataEngine:
 
     def __init__(self, config: EngineConfig = EngineConfig()):
         self.config = config
+        self._makers = {"shapes": self._shapes, "mni-parcels": self._mni_parcels,
+                        "mni-real": self._mni_real, "phantoms": self._phantoms}
+        unknown = sorted(set(config.sources) - set(self._makers))
+        if unknown:
+            raise ValueError(f"unknown scene sources {unknown}; known: {sorted(self._makers)}")
         names = list(config.sources)
         weights = np.array([config.sources[n] for n in names], dtype=np.float64)
         self._sources = names, weights / weights.sum()
@@ -144,7 +149,7 @@ class DataEngine:
     def scene(self, rng: np.random.Generator) -> Scene:
         names, weights = self._sources
         source = names[int(rng.choice(len(names), p=weights))]
-        scene = getattr(self, "_" + source.replace("-", "_"))(rng)
+        scene = self._makers[source](rng)
         scene.targets = [t for t in scene.targets if int(t.mask(scene).sum()) >= MIN_TARGET_VOXELS]
         return scene if scene.targets else self.scene(rng)
 

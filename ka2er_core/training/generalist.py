@@ -9,6 +9,7 @@ predictions (:class:`~ka2er_core.training.promptable.PromptableStep`).
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,7 +58,7 @@ class SceneSampler:
         self.named, self.named_share = named, named_share if named is not None else 0.0
         self.max_extra_clicks, self.correct_probability = max_extra_clicks, correct_probability
         self.drop_previous = drop_previous
-        self._pool: list[tuple[Scene, tuple]] = []
+        self.scenes: list[tuple[Scene, tuple]] = []
 
     def _new_scene(self, rng: np.random.Generator) -> tuple[Scene, tuple]:
         scene = self.engine.scene(rng)
@@ -68,16 +69,16 @@ class SceneSampler:
         if rng.random() < self.named_share:
             return self.named.sample(rng)
         while True:
-            scene, stats = self._pool[int(rng.integers(len(self._pool)))]
+            scene, stats = self.scenes[int(rng.integers(len(self.scenes)))]
             crop = self.crops.sample(scene, stats, rng)
             if crop is not None:
                 return crop
 
     def draw(self, rng: np.random.Generator) -> tuple[list[CropSample], dict]:
-        if len(self._pool) >= self.pool_size:
-            self._pool.pop(int(rng.integers(len(self._pool))))
-        while len(self._pool) < self.pool_size:
-            self._pool.append(self._new_scene(rng))
+        if len(self.scenes) >= self.pool_size:
+            self.scenes.pop(int(rng.integers(len(self.scenes))))
+        while len(self.scenes) < self.pool_size:
+            self.scenes.append(self._new_scene(rng))
         samples = [self.sample(rng) for _ in range(self.batch_size)]
         batch = collate(samples, rng, self.max_extra_clicks, self.correct_probability,
                         self.drop_previous)
@@ -134,12 +135,8 @@ def train_generalist(out: Path, config: GeneralistConfig, *, init: Optional[Path
     start = starting_model(None, init, base_spacing, max_spacing)
     crops = SceneCrops(start.normalization, start.crop_size, start.base_spacing, start.max_spacing)
     rank, _, _ = distributed_context()
-    checkpoint = Path(out) / "checkpoint" / "state.json"
-    resumed = 0
-    if checkpoint.exists():
-        import json
-
-        resumed = int(json.loads(checkpoint.read_text())["step"])
+    checkpoint = Path(out) / "checkpoint" / "state.json"  # a resumed run draws batches anew from here
+    resumed = int(json.loads(checkpoint.read_text())["step"]) if checkpoint.exists() else 0
 
     def make_sampler():
         return make_scene_sampler(crops, config.batch_size, named_folders, config.named_share,

@@ -25,7 +25,7 @@ from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoada
 from slicer.util import VTKObservationMixin
 
 from KA2ERSegmentLib.choices import (AUTO, DEVICES, PROMPT_NODES, ModelSource, PromptKind,
-                                     source_kind)
+                                     offered_kinds, source_kind)
 from KA2ERSegmentLib.dependencies import DependencyInstaller
 from KA2ERSegmentLib.errors import SceneError, describe_error
 from KA2ERSegmentLib.geometry import box_world, engine_volume, point_world
@@ -769,6 +769,9 @@ class KA2ERSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.memberComboBox.addItems(self.logic.session.members)
             if self._parameterNode:
                 self.showMember(self._parameterNode.member)
+            offered = offered_kinds(self.logic.session.prompt_types)
+            for kind, button in self.placeButtons.items():
+                button.enabled = kind in offered
 
     def onResult(self, segmentId, result):
         self.ui.statusLabel.text = (f"{segmentId}: {result.latency_ms:.0f} ms, confidence "

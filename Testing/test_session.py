@@ -223,5 +223,5 @@ def test_refine_sharpens_a_zoomed_out_answer_in_one_undo_step(monkeypatch):
         assert not session.mask[outside].any()  # the region holds every pasted voxel
         session.undo()
         assert not session.mask.any()
-    assert session.embeddings_computed > 4  # the tiles: one embedding each
+    assert session.embeddings.computed > 4  # the tiles: one embedding each
     assert scores[True] > scores[False] + 0.1, scores  # measured 0.90 vs 0.75

@@ -142,3 +142,10 @@ def test_a_server_session_does_not_ask_for_torch(monkeypatch):
 def test_the_module_requires_what_pyproject_requires():
     pyproject = tomllib.loads((MODULE.parent / "pyproject.toml").read_text())
     assert sorted(dependencies.REQUIREMENTS.values()) == sorted(pyproject["project"]["dependencies"])
+
+
+def test_a_points_only_model_is_offered_no_box_tool():
+    from KA2ERSegmentLib.choices import PromptKind, offered_kinds
+
+    assert offered_kinds(("point", "box")) == list(PromptKind)
+    assert offered_kinds(("point",)) == [PromptKind.POSITIVE_POINT, PromptKind.NEGATIVE_POINT]

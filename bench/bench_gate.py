@@ -100,12 +100,12 @@ def main():
 
         routed._route = timed_route
         with_gate, without_gate, corrections = [], [], []
-        computed = routed.embeddings_computed, plain.embeddings_computed
+        computed = routed.embeddings.computed, plain.embeddings.computed
         for n in range(args.clicks):
             for session, times in ((routed, with_gate), (plain, without_gate)):
                 session.set_target(f"new target {n}")
                 times.append(session.add_point(first).latency_ms)
-        if (routed.embeddings_computed, plain.embeddings_computed) != computed:
+        if (routed.embeddings.computed, plain.embeddings.computed) != computed:
             raise RuntimeError("a timed click computed a new embedding")
         if len(gate_ms) != args.clicks:
             raise RuntimeError(f"the gate ran {len(gate_ms)} times for {args.clicks} new targets")

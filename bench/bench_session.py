@@ -118,11 +118,11 @@ def main():
         click = next_click(session.mask > 0, truth)
         if click is None:
             break
-        computed = session.embeddings_computed
+        computed = session.embeddings.computed
         kji, positive = click
         result = session.add_point(ijk_to_ras_points(kji[::-1].astype(float), volume.ijk_to_ras), positive)
         protocol_ms.append(result.latency_ms)
-        protocol_new += session.embeddings_computed > computed
+        protocol_new += session.embeddings.computed > computed
     click_ms = []
     for _ in range(args.clicks):  # local refinement: the largest error near the current crop's centre
         crop = session.target.answer.crop.grid
@@ -134,10 +134,10 @@ def main():
         click = next_click((session.mask > 0) & near, truth & near)
         if click is None:
             break
-        computed = session.embeddings_computed
+        computed = session.embeddings.computed
         kji, positive = click
         result = session.add_point(ijk_to_ras_points(kji[::-1].astype(float), volume.ijk_to_ras), positive)
-        if session.embeddings_computed > computed:
+        if session.embeddings.computed > computed:
             raise RuntimeError("a click near the crop centre computed a new embedding")
         click_ms.append(result.latency_ms)
     crop = session.target.answer.crop.grid

@@ -19,7 +19,7 @@ import numpy as np
 
 from .bundle import Bundle, load_bundle
 from .data.mni import BRAIN_VALUES, MNI_LABELS, TEST_SEEDS, mni_subject
-from .evaluation.protocol import ProtocolRun, dice, run_protocol
+from .evaluation.protocol import ProtocolRun, dice, first_prompt, run_protocol
 from .geometry import axis_aligned_matrix, canonical_grid, orientation_code, resample
 from .inference import InteractiveSession, Result
 from .io import load_segmentation, load_volume, save_segmentation, save_volume
@@ -138,10 +138,10 @@ def segment_subject(model: Bundle, device: str, progress: Callable[[str], None])
     session.set_image(image)
     shown: dict[str, ShownSession] = {}
     runs: dict[str, ProtocolRun] = {}
-    for target, first, prompts in TARGETS:
+    for target, first, prompts in TARGETS:  # a model that takes no boxes starts with a click
         shown[target] = ShownSession(session, references[target], prompts, progress)
-        runs[target] = run_protocol(shown[target], image, references[target], prompts, first,
-                                    target=target)
+        runs[target] = run_protocol(shown[target], image, references[target], prompts,
+                                    first_prompt(first, {first}, session.prompt_types), target=target)
     return DemoRun(str(model.path), str(session.device), subject.name, image, references,
                    {target: session.targets[target].mask for target in runs}, runs,
                    {target: view.prompts for target, view in shown.items()})
@@ -165,9 +165,10 @@ def write_files(folder: Path, demo: DemoRun, start: float) -> dict:
                     demo.references[target], target, demo.prompts[target], run.dice[-1])
     draw_dice(folder / "dice.png", demo.runs, SEED)
     report = {"subject": demo.subject, "bundle": demo.bundle, "device": demo.device,
-              "targets": {target: {"first": first, **demo.runs[target].to_dict(),
+              "targets": {target: {"first": "box" if run.prompts[0] == "box" else "click",
+                                   **run.to_dict(),
                                    "ras": [ras.round(2).tolist() for _, ras in demo.prompts[target]]}
-                          for target, first, _ in TARGETS},
+                          for target, run in demo.runs.items()},
               "files_identical_after_readback": bool(identical),
               "seconds": round(time.perf_counter() - start, 1)}
     with atomic_write(folder / "report.json") as tmp:

@@ -19,6 +19,17 @@ class PromptKind(enum.Enum):
     BOX = "box"
 
 
+PROMPT_TYPE = {PromptKind.POSITIVE_POINT: "point", PromptKind.NEGATIVE_POINT: "point",
+               PromptKind.BOX: "box"}
+"""The engine's name (a session's ``prompt_types``) for what each kind places."""
+
+
+def offered_kinds(prompt_types) -> list[PromptKind]:
+    """The placement buttons to offer for a model taking ``prompt_types`` (no box tool for a
+    points-only model such as an imported SAM-Med3D)."""
+    return [kind for kind in PromptKind if PROMPT_TYPE[kind] in prompt_types]
+
+
 class PromptNode(NamedTuple):
     """The markups node prompts of one kind are placed with."""
 

@@ -12,7 +12,7 @@ import torch
 from ..modeling import PromptableSegmenter, TaskExpert
 from ..modeling.expert import NnUNetExpert
 from ..modeling.sam_med3d import TYPE as SAM_MED3D, SamMed3D
-from .members import Expert, Member
+from .members import Bundle, Expert, Member
 from .schema import EXPERT, BundleError, architecture_config
 
 BUILDERS: dict[tuple[Optional[str], Optional[str]], Callable[[Any], torch.nn.Module]] = {
@@ -42,6 +42,21 @@ def build_module(architecture: Any, *, path: Optional[Path] = None, field: str =
     except BUILD_ERRORS as err:
         raise BundleError(f"the network cannot be built with these sizes ({type(err).__name__}: "
                           f"{first_line(err)})", path=path, field=field) from None
+
+
+def prompt_types(bundle: Bundle) -> tuple[str, ...]:
+    """The prompts every promptable member of ``bundle`` takes ("point", "box"): read off the
+    members' architectures in ``bundle.json`` (no weights loaded), or off the models of a bundle
+    made in memory."""
+    entries = bundle.meta.get("members")
+    if entries:
+        classes = [BUILDERS[entry["architecture"].get("type"), None] for entry in entries.values()
+                   if entry["architecture"].get("type") != EXPERT]
+    else:
+        classes = [type(member.model) for member in bundle.members.values()
+                   if not isinstance(member, Expert)]
+    return tuple(kind for kind in ("point", "box")
+                 if classes and all(kind in getattr(c, "PROMPT_TYPES", ()) for c in classes))
 
 
 def member_architecture(member: Member) -> dict[str, Any]:

@@ -27,6 +27,8 @@ Dice after 5 prompts): beta 130 -> 0.641, 1000 -> 0.721, 5000 -> 0.768, 20000 ->
 
 
 class RandomWalkerSession:
+    prompt_types = ("point", "box")
+
     def __init__(self, beta: float = BETA, margin_voxels: int = 6, max_voxels: int = 400_000):
         self.beta, self.margin, self.max_voxels = beta, margin_voxels, max_voxels
         self.targets: dict[str, dict] = {}

@@ -42,6 +42,15 @@ class ProtocolRun:
         return {**asdict(self), "noc85": self.clicks_to(0.85), "noc90": self.clicks_to(0.90)}
 
 
+def first_prompt(first: str, identifying, prompt_types) -> str:
+    """The kind of a target's first prompt: ``first`` ("box" or "click"), or with "auto" a box when
+    one identifies the target (``identifying``: the kinds that do, see
+    :func:`~ka2er_core.modelspace.clicks.first_prompts`); a click for a model that takes no boxes."""
+    if "box" not in prompt_types:
+        return "click"
+    return first if first != "auto" else ("box" if "box" in identifying else "click")
+
+
 def run_protocol(session: Session, image: Volume, truth: np.ndarray, prompts: int,
                  first: str = "box", target: str = "target") -> ProtocolRun:
     """Drive ``session`` (any :class:`~ka2er_core.inference.protocols.Session`, image already set)

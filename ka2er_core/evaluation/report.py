@@ -10,9 +10,10 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from ..data.msd import load_dataset
+from ..errors import PromptError
 from ..io.atomic import atomic_write
 from ..modelspace.clicks import first_prompts
-from .protocol import run_protocol
+from .protocol import first_prompt, run_protocol
 
 
 def evaluate_bundle(bundle_path, folders: Sequence, prompts: int, first: str = "auto",
@@ -40,6 +41,9 @@ def evaluate_bundle(bundle_path, folders: Sequence, prompts: int, first: str = "
             return evaluate_expert(bundle.default, bundle_path, folders, prompts, split, device,
                                    max_cases, progress)
         session = InteractiveSession(bundle, device=device, refine=refine)
+        if first == "box" and "box" not in session.prompt_types:
+            raise PromptError(f"{bundle_path} takes points only: evaluate it with --first click or "
+                              "auto", field="--first")
     runs = []
     for folder in folders:
         dataset = load_dataset(folder)
@@ -55,7 +59,7 @@ def evaluate_bundle(bundle_path, folders: Sequence, prompts: int, first: str = "
             for name, values in targets.items():
                 if name not in identifying:  # absent from this case
                     continue
-                kind = first if first != "auto" else ("box" if "box" in identifying[name] else "click")
+                kind = first_prompt(first, identifying[name], session.prompt_types)
                 truth = np.isin(label.array, values)
                 run = run_protocol(session, images[0], truth, prompts, kind, target=name)
                 runs.append({"task": dataset.name, "case": case.case_id, "target": name,

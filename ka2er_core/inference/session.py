@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from ..bundle import Bundle, BundleError, Segmenter, load_bundle
+from ..bundle.registry import prompt_types
 from ..errors import PromptError
 from ..geometry import foreground_bounds, ijk_box_to_ras
 from ..modeling.normalization import image_modality, subsample
@@ -31,6 +32,7 @@ from .router import Router
 from .targets import Answer, Target, Targets
 
 MAX_ZOOM_OUTS = 4
+POINTS_ONLY = "this model takes points only (it was never trained on boxes): click inside the object"
 CORRECTION_RADIUS = 0.25
 """A click on an existing mask edits it within this fraction of the crop size around the click;
 the model's answer elsewhere is not pasted (a correction, not a new segmentation)."""
@@ -63,6 +65,7 @@ class InteractiveSession:
                               "segment with it without prompts (ka2er segment)", path=self.bundle.path)
         self._ready: set[str] = set()  # members moved to the device
         self.router = Router(self.bundle, self.device)
+        self.prompt_types = prompt_types(self.bundle)  # "point", and "box" if every member takes boxes
         self.pinned: Optional[str] = None
         """The member answering every prompt (None: the gate decides, or the default member)."""
         self.volume: Optional[Volume] = None
@@ -115,11 +118,6 @@ class InteractiveSession:
         return len(self.target.history) if self.volume is not None else 0
 
     @property
-    def embeddings_computed(self) -> int:
-        """How many crop embeddings this session has computed (cache misses)."""
-        return self.embeddings.computed
-
-    @property
     def memory_bytes(self) -> int:
         """Bytes this session holds beyond the model: the image, every target's mask, undo copies,
         crop logits (current and kept for undo), and the cached embeddings."""
@@ -134,6 +132,8 @@ class InteractiveSession:
     def add_box(self, corner_a: Sequence[float], corner_b: Sequence[float]) -> Result:
         """A box (2D when one slice thick); one running past the image is clipped to it and the
         result says so."""
+        if "box" not in self.prompt_types:
+            raise PromptError(POINTS_ONLY, field="box")
         low, high, clipped = check_box(self._require_image(), corner_a, corner_b)
         return replace(self._prompt(Box(low, high)), clipped=clipped)
 

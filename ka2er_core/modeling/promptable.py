@@ -16,6 +16,9 @@ from .prompt_encoder import PromptEncoder
 class PromptableSegmenter(nn.Module):
     """SAM-style 3D segmenter. ``embed`` runs once per crop; ``decode`` once per click."""
 
+    PROMPT_TYPES = ("point", "box")
+    """The prompts it was trained on: points, and 3D and 2D boxes."""
+
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config

@@ -10,6 +10,9 @@ import torch
 
 @runtime_checkable
 class PromptableModel(Protocol):
+    PROMPT_TYPES: tuple[str, ...]
+    """The prompts it takes: "point", and "box" if it was trained on boxes."""
+
     def embed(self, image: torch.Tensor):
         """Normalised crops (B, C, S, S, S), axes (k, j, i) -> the model's embedding of them."""
 

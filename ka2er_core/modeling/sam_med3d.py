@@ -357,6 +357,9 @@ class SamMed3D(nn.Module):
     no box-corner embeddings (boxes were never trained).
     """
 
+    PROMPT_TYPES = ("point",)
+    """SAM-Med3D was trained on points only (its prompt encoder has no box embeddings)."""
+
     def __init__(self, config: SamMed3DConfig):
         super().__init__()
         self.config = config

@@ -27,6 +27,7 @@ from starlette.requests import ClientDisconnect
 
 from .. import __version__
 from ..bundle import Bundle
+from ..bundle.registry import prompt_types
 from ..errors import Ka2erError, PromptError
 from ..inference.session import InteractiveSession
 from .guard import Guard, TokenBuckets
@@ -282,7 +283,7 @@ def create_app(bundle: Bundle, token: Optional[str], limits: Limits = Limits(),
                            "members": list(bundle.members), "gate": bundle.gate is not None,
                            "crop_size": default.crop_size, "base_spacing": default.base_spacing,
                            "max_spacing": default.max_spacing},
-                "prompts": ["point", "box"],
+                "prompts": list(prompt_types(bundle)),
                 "limits": asdict(limits)}
 
     @app.post("/sessions", status_code=201, dependencies=secured, responses=ERRORS,

@@ -76,6 +76,7 @@ class RemoteSession:
         self.volume: Optional[Volume] = None
         self.session_id: Optional[str] = None
         self._members: Optional[list[str]] = None
+        self._capabilities: Optional[dict] = None
         self.pinned: Optional[str] = None
         self.target_name = "Segment_1"
         self._masks: dict[str, np.ndarray] = {}
@@ -97,8 +98,20 @@ class RemoteSession:
     @property
     def members(self) -> list[str]:
         if self._members is None:
-            self._members = self._json("GET", "/capabilities")["bundle"]["members"]
+            self._members = self.capabilities["bundle"]["members"]
         return list(self._members)
+
+    @property
+    def capabilities(self) -> dict:
+        """The server's ``/capabilities``: its bundle, the prompts it takes, its limits."""
+        if self._capabilities is None:
+            self._capabilities = self._json("GET", "/capabilities")
+        return self._capabilities
+
+    @property
+    def prompt_types(self) -> tuple[str, ...]:
+        """The prompts the server's model takes: "point", and "box" if it takes boxes."""
+        return tuple(self.capabilities["prompts"])
 
     def pin(self, member: Optional[str]) -> None:
         self._call("PUT", "/member", {"member": member})

@@ -98,6 +98,15 @@ def is_oblique(ijk_to_ras: np.ndarray, tol: float = 1e-4) -> bool:
     return bool(np.any(np.abs(np.abs(direction).max(axis=0) - 1.0) > tol))
 
 
+def centred_matrix(direction: np.ndarray, spacing: Sequence[float], shape: Sequence[int]) -> np.ndarray:
+    """ijk_to_ras of a grid of ``shape`` (k, j, i) whose axes i, j, k run along the columns of
+    ``direction`` with ``spacing`` (mm along i, j, k), centred on RAS 0."""
+    matrix = np.eye(4)
+    matrix[:3, :3] = direction * np.asarray(spacing, dtype=np.float64)
+    matrix[:3, 3] = -matrix[:3, :3] @ ((np.asarray(shape[::-1], dtype=np.float64) - 1) / 2)
+    return matrix
+
+
 def canonical_grid(grid: Grid, spacing: Sequence[float]) -> Grid:
     """Axis-aligned RAS grid at ``spacing`` (mm along R, A, S) covering every voxel centre of ``grid``."""
     spacing = np.asarray(spacing, dtype=np.float64)

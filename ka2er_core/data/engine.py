@@ -26,6 +26,7 @@ import numpy as np
 from scipy import ndimage
 from scipy.spatial.transform import Rotation
 
+from ..geometry import centred_matrix
 from ..volume import Volume
 from .mni import TRAIN_SEEDS, mni_subject
 from .phantoms import ct_phantom, mr_phantom
@@ -93,10 +94,7 @@ def _grid_matrix(spacing: np.ndarray, shape: Sequence[int], oblique: bool,
         direction = Rotation.random(random_state=int(rng.integers(2**31))).as_matrix()
     else:
         direction = np.eye(3)[rng.permutation(3)] * rng.choice((-1, 1), 3)
-    matrix = np.eye(4)
-    matrix[:3, :3] = direction * np.asarray(spacing, dtype=np.float64)[::-1]  # columns i, j, k
-    matrix[:3, 3] = -matrix[:3, :3] @ ((np.asarray(shape[::-1], dtype=np.float64) - 1) / 2)
-    return matrix
+    return centred_matrix(direction, np.asarray(spacing)[::-1], shape)
 
 
 def acquire(image: np.ndarray, labels: dict[str, np.ndarray], spacing: np.ndarray,

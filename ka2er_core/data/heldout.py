@@ -35,10 +35,11 @@ def vessel_tree_case(seed: int) -> tuple[Volume, Volume]:
     scene = shape_scene(rng, shape, spacing, [f for f in GENERATORS if f != "branching"], objects=(1, 4))
     tree = GENERATORS["branching"](Canvas(shape, spacing), rng)
     label = scene.label.copy()
-    label[tree] = label.max() + 1
+    tree_value = int(label.max()) + 1
+    label[tree] = tree_value
     modality = "ct" if rng.random() < 0.3 else "mr"
     image = render(label, spacing, rng, {v: 0 for v in scene.background}, modality)
-    volume, maps = acquire(image, {"label": (label == label.max()).astype(np.uint8)}, spacing, rng)
+    volume, maps = acquire(image, {"label": (label == tree_value).astype(np.uint8)}, spacing, rng)
     return volume, Volume(maps["label"], volume.ijk_to_ras, {TARGET: 1})
 
 

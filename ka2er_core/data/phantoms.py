@@ -13,7 +13,7 @@ from typing import Sequence
 import numpy as np
 from scipy.spatial.transform import Rotation
 
-from ..geometry import ijk_to_ras_points
+from ..geometry import centred_matrix, ijk_to_ras_points
 from ..volume import Volume
 from .fields import smooth_field
 from .subject import Subject
@@ -45,11 +45,7 @@ def phantom_geometry(shape: Sequence[int], spacing: Sequence[float], oblique: bo
         degrees = rng.uniform((6, 6, 10), (12, 12, 25)) * rng.choice((-1, 1), 3)
         direction = Rotation.from_euler("xyz", degrees, degrees=True).as_matrix()
         direction[:, 0] *= -1
-    matrix = np.eye(4)
-    matrix[:3, :3] = direction * np.asarray(spacing, dtype=np.float64)
-    centre_ijk = (np.asarray(shape[::-1], dtype=np.float64) - 1) / 2
-    matrix[:3, 3] = -matrix[:3, :3] @ centre_ijk
-    return matrix
+    return centred_matrix(direction, spacing, shape)
 
 
 def anatomy(ras: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:

@@ -15,7 +15,8 @@ from typing import Mapping, Optional, Sequence
 
 import numpy as np
 import torch
-from monai.transforms import RandAdjustContrast, RandBiasField, RandGaussianNoise, RandRicianNoise
+from monai.transforms import (GaussianSmooth, RandAdjustContrast, RandBiasField, RandGaussianNoise,
+                              RandRicianNoise)
 
 from .shapes import Canvas
 
@@ -69,7 +70,7 @@ def render(label: np.ndarray, spacing: Sequence[float], rng: np.random.Generator
     tensor = torch.from_numpy(image.astype(np.float32))[None]
     sigma = rng.uniform(0, 1.2, 3) / np.maximum(np.asarray(spacing) / np.min(spacing), 1)
     if sigma.max() > 0.2:  # partial volume
-        tensor = _gaussian(tensor, sigma)
+        tensor = GaussianSmooth(sigma=tuple(float(s) if s > 0.2 else 0.0 for s in sigma))(tensor)
     tensor = _seeded(RandBiasField(degree=3, coeff_range=(0.0, 0.4), prob=0.8), rng)(tensor)
     tensor = tensor.clamp(min=0)
     tensor = tensor / tensor.max().clamp(min=1e-6)
@@ -88,22 +89,6 @@ def render(label: np.ndarray, spacing: Sequence[float], rng: np.random.Generator
     for value in air:
         image[label == value] = 0.0
     return image.astype(np.float32)
-
-
-def _gaussian(tensor: torch.Tensor, sigma: np.ndarray) -> torch.Tensor:
-    """Separable Gaussian blur of (1, D, H, W) with ``sigma`` voxels along k, j, i."""
-    out = tensor[None]
-    for axis, s in enumerate(sigma):
-        if s <= 0.2:
-            continue
-        radius = int(np.ceil(3 * s))
-        x = torch.arange(-radius, radius + 1, dtype=torch.float32)
-        kernel = torch.exp(-0.5 * (x / float(s)) ** 2)
-        kernel = (kernel / kernel.sum()).reshape([1, 1] + [-1 if a == axis else 1 for a in range(3)])
-        pad = [0] * 6
-        pad[2 * (2 - axis)] = pad[2 * (2 - axis) + 1] = radius
-        out = torch.nn.functional.conv3d(torch.nn.functional.pad(out, pad, mode="replicate"), kernel)
-    return out[0]
 
 
 def thick_slices(image: np.ndarray, labels: Mapping[str, np.ndarray], spacing: Sequence[float],

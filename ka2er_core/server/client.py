@@ -29,7 +29,7 @@ from ..volume import Volume
 from .wire import decode_region, encode_array, encode_volume
 
 MAX_WAIT_S = 10.0
-RESTORE_ATTEMPTS = 4
+RESTORE_ATTEMPTS = 8
 
 
 class RemoteError(Ka2erError):

@@ -31,8 +31,9 @@ def run_segment(args: argparse.Namespace) -> int:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    from ..evaluation.report import (compare, evaluate_bundle, format_comparison, format_table,
-                                    merge_reports, write_comparison, write_report)
+    from ..errors import Ka2erError
+    from ..evaluation.report import (compare, describe_skipped, evaluate_bundle, format_comparison,
+                                    format_table, merge_reports, write_comparison, write_report)
 
     bundles = args.bundle or [None]
     methods = {method_name(bundle, bundles): bundle for bundle in bundles}
@@ -40,19 +41,26 @@ def run_evaluate(args: argparse.Namespace) -> int:
         methods = {"random walker": "baseline"}
     elif args.baseline:
         methods["random walker"] = "baseline"
+    label_map = parse_label_map(args.label_map)
+    if label_map:
+        check_label_map(label_map, [b for b in methods.values() if b != "baseline"], args.dataset)
     reports = {}
     for name, bundle in methods.items():
         reports[name] = evaluate_bundle(
             None if bundle == "baseline" else bundle, args.dataset, args.prompts, first=args.first,
             split=args.split, device=args.device, max_cases=args.max_cases,
             progress=progress_printer(f"evaluate {name}"), baseline=bundle == "baseline",
-            refine=args.refine)
+            refine=args.refine, label_map=label_map)
     experts = [name for name, report in reports.items() if report["settings"]["first"] == "automatic"]
     if len(experts) > 1:  # one column for the task experts, each on its own task
         reports = {"task experts": merge_reports([reports[name] for name in experts]),
                    **{name: report for name, report in reports.items() if name not in experts}}
     if len(reports) == 1:
         report = next(iter(reports.values()))
+        if not report["runs"]:  # nothing to write: say why instead of an empty report
+            reasons = "; ".join(describe_skipped(entry) for entry in report["skipped"])
+            raise Ka2erError(f"nothing was scored ({reasons or 'no case'})",
+                             path=report["settings"]["bundle"] if args.bundle else None)
         json_path, png_path = write_report(report, args.out)
         print(format_table(report))
         print(f"wrote {json_path} and {png_path}")
@@ -63,6 +71,57 @@ def run_evaluate(args: argparse.Namespace) -> int:
     print(format_comparison(compare(reports)))
     print("wrote " + ", ".join(str(p) for p in paths))
     return 0
+
+
+def parse_label_map(texts: Optional[Sequence[str]]) -> dict[str, str]:
+    """``--label-map`` values (each ``EXPERT=DATASET[,EXPERT=DATASET...]``, the option repeatable)
+    -> {expert label: dataset label}; a malformed pair or an expert label mapped twice is one line."""
+    from ..errors import Ka2erError
+
+    pairs: dict[str, str] = {}
+    for text in texts or ():
+        for item in text.split(","):
+            ours, sep, theirs = (part.strip() for part in item.partition("="))
+            if not sep or not ours or not theirs:
+                within = f" in {text!r}" if item.strip() != text.strip() else ""
+                raise Ka2erError(f"expected EXPERT_LABEL=DATASET_LABEL pairs separated by commas, "
+                                 f"got {item.strip()!r}{within}", field="--label-map")
+            if pairs.get(ours, theirs) != theirs:
+                raise Ka2erError(f"expert label {ours!r} is mapped twice ({pairs[ours]!r} and "
+                                 f"{theirs!r})", field="--label-map")
+            pairs[ours] = theirs
+    return pairs
+
+
+def check_label_map(label_map: dict[str, str], bundles: Sequence[Optional[Path]],
+                    folders: Sequence[Path]) -> None:
+    """Refuse, before any model runs, a ``--label-map`` that names no expert label of the expert
+    bundles evaluated, or no label of the datasets (names compared as evaluate matches them)."""
+    from ..bundle import load_bundle
+    from ..data.msd import load_dataset
+    from ..errors import Ka2erError
+    from ..evaluation.report import label_key
+
+    experts = {}
+    for bundle in bundles:
+        loaded = load_bundle(bundle)
+        if loaded.kind == "expert":
+            experts[bundle] = loaded.meta.get("labels") or []
+    if not experts:
+        raise Ka2erError("matches task experts' labels to the dataset's, but no --bundle is a task "
+                         "expert (kind expert)", field="--label-map")
+    expert_labels = {label_key(name): name for labels in experts.values() for name in labels}
+    dataset_labels = {label_key(name): name for folder in folders
+                      for name in load_dataset(folder).labels}
+    for ours, theirs in label_map.items():
+        if label_key(ours) not in expert_labels:
+            raise Ka2erError(f"{ours!r} is not a label of the expert bundles (their labels: "
+                             f"{', '.join(dict.fromkeys(expert_labels.values()))})",
+                             field="--label-map")
+        if label_key(theirs) not in dataset_labels:
+            raise Ka2erError(f"{theirs!r} is not a label of the datasets (their labels: "
+                             f"{', '.join(dict.fromkeys(dataset_labels.values()))})",
+                             field="--label-map")
 
 
 def method_name(bundle: Optional[Path], bundles: Sequence[Optional[Path]]) -> str:
@@ -97,7 +156,10 @@ def add_segmenting_commands(commands: argparse._SubParsersAction) -> None:
     evaluate = commands.add_parser(
         "evaluate", help="run the click protocol on held-out cases; JSON report and Dice plot",
         description="First prompt a box (or a click), then clicks at the centre of the largest "
-        "error; Dice after each prompt, NoC85/NoC90 and latency per task and target.")
+        "error; Dice after each prompt, NoC85/NoC90 and latency per task and target. The first box "
+        "goes around the target's largest connected component (a label of separate parts, such as "
+        "both kidneys, gets a box around the larger; the clicks find the other). Task expert "
+        "bundles segment without prompts. Prints and records what was not scored, and why.")
     evaluate.add_argument("--bundle", type=Path, action="append", default=None,
                           help="bundle folder (default: the shipped moe bundle); repeat to compare "
                                "several (expert bundles segment their own task automatically), "
@@ -111,7 +173,16 @@ def add_segmenting_commands(commands: argparse._SubParsersAction) -> None:
                                "identifies the target, a click for nested targets that share the "
                                "box of a larger one (white matter inside the brain)")
     evaluate.add_argument("--split", choices=("test", "train"), default="test",
-                          help="imagesTs/labelsTs (default) or imagesTr/labelsTr")
+                          help="imagesTs/labelsTs (default; a folder without them is an error) or "
+                               "imagesTr/labelsTr")
+    evaluate.add_argument("--label-map", action="append", default=None,
+                          metavar="EXPERT=DATASET[,...]",
+                          help="task experts: score the expert's label EXPERT as the dataset's "
+                               "label DATASET (repeatable). Expert labels are matched to the "
+                               "dataset's by name (case, spaces, _ and - ignored), never by number; "
+                               "an expert scores the dataset named as its task, or else the "
+                               "datasets that share a label name with it. What is not scored is "
+                               "listed, with the reason")
     evaluate.add_argument("--max-cases", type=positive_int, default=None)
     evaluate.add_argument("--device", default="auto", help="auto, cpu or cuda")
     evaluate.add_argument("--baseline", action="store_true",

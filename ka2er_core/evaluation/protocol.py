@@ -1,6 +1,8 @@
 """The interaction protocol on the volume grid, with Dice after every prompt.
 
-First prompt: a box around the target (or one click at the centre of the largest missed component);
+First prompt: a box around the target (first box: around the largest component, when the target has
+several separate parts such as both kidneys in one label; Dice is still measured on the whole
+target), or one click at the centre of the largest missed component;
 then each click at the centre of the largest error component, positive on missed foreground,
 negative on a false positive. Reports Dice per prompt, NoC85/NoC90 and per-prompt latency.
 """
@@ -13,9 +15,9 @@ from typing import Optional
 import numpy as np
 
 from ..errors import EmptyMaskError
-from ..geometry import foreground_bounds, ijk_box_to_ras, ijk_to_ras_points
+from ..geometry import ijk_box_to_ras, ijk_to_ras_points
 from ..inference.protocols import Session
-from ..modelspace.clicks import next_click
+from ..modelspace.clicks import first_box, next_click
 from ..volume import Volume
 
 
@@ -54,7 +56,8 @@ def first_prompt(first: str, identifying, prompt_types) -> str:
 def run_protocol(session: Session, image: Volume, truth: np.ndarray, prompts: int,
                  first: str = "box", target: str = "target") -> ProtocolRun:
     """Drive ``session`` (any :class:`~ka2er_core.inference.protocols.Session`, image already set)
-    for one target."""
+    for one target. A first box goes around the target's largest connected component
+    (:func:`~ka2er_core.modelspace.clicks.first_box`); the clicks then find the other parts."""
     truth = truth.astype(bool)
     if not truth.any():
         raise EmptyMaskError("the reference mask is empty: nothing to prompt for", path=image.path,
@@ -63,7 +66,7 @@ def run_protocol(session: Session, image: Volume, truth: np.ndarray, prompts: in
     run = ProtocolRun()
     for index in range(prompts):
         if index == 0 and first == "box":
-            lo, hi = foreground_bounds(truth)
+            lo, hi = first_box(truth)
             result = session.add_box(*ijk_box_to_ras(lo[::-1], hi[::-1], image.ijk_to_ras))
             run.prompts.append("box")
         else:

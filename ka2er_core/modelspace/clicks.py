@@ -1,7 +1,9 @@
 """Simulated prompts, following DESIGN.md's interaction protocol.
 
-First prompt: a box around the target, or one click at the centre of the largest missed component
-(:func:`first_prompts` says which of the two identifies the target); then each click at the centre
+First prompt: a box around the target (around its largest connected component, :func:`first_box`,
+when it has several parts, such as both kidneys in one label), or one click at the centre of the
+largest missed component (:func:`first_prompts` says which of the two identifies the target); then
+each click at the centre
 (maximum of the distance transform) of the largest error component, positive for missed foreground,
 negative for a false positive. Arrays are (k, j, i).
 """
@@ -28,6 +30,28 @@ def component_centre(mask: np.ndarray) -> Optional[tuple[np.ndarray, int]]:
     depth = ndimage.distance_transform_edt(np.pad(component, 1))[1:-1, 1:-1, 1:-1]
     local = np.unravel_index(int(np.argmax(depth)), depth.shape)
     return np.array([s.start + c for s, c in zip(box, local)]), int(sizes[largest - 1])
+
+
+TOUCHING = np.ones((3, 3, 3), bool)
+"""Voxels that share a face, an edge or a corner are one component (26-connectivity)."""
+
+
+def largest_component(mask: np.ndarray) -> np.ndarray:
+    """The largest 26-connected component of ``mask`` (``mask`` itself when it has one; all False
+    when it is empty)."""
+    labels, count = ndimage.label(mask, structure=TOUCHING)
+    if count <= 1:
+        return labels > 0
+    sizes = np.bincount(labels.ravel())[1:]
+    return labels == int(np.argmax(sizes)) + 1
+
+
+def first_box(mask: np.ndarray) -> Optional[tuple[np.ndarray, np.ndarray]]:
+    """The protocol's first box, inclusive (k, j, i) bounds (lo, hi): around the target's largest
+    connected component. A target in one piece gets its own bounds; one in several parts (both
+    kidneys in one label) gets a box around its largest part, not one box around all of them, which
+    would hold the space between (and other organs) and name no structure. None if empty."""
+    return foreground_bounds(largest_component(mask))
 
 
 def next_click(prediction: np.ndarray, truth: np.ndarray) -> Optional[tuple[np.ndarray, bool]]:
@@ -69,11 +93,12 @@ def first_prompts(label: np.ndarray, targets: Mapping[str, Sequence[int]]) -> di
     white matter, grey matter and CSF all have the brain's box. A box then means the largest of them
     (the brain), and the others can only start with a click, which means the smallest target under
     it. A region made of other targets (the brain: grey + white + CSF) never starts with a click,
-    which would name the tissue under it.
+    which would name the tissue under it. Boxes are the protocol's (:func:`first_box`: around a
+    target's largest part).
     """
     masks = {name: np.isin(label, values) for name, values in targets.items()}
     sizes = {name: int(mask.sum()) for name, mask in masks.items()}
-    boxes = {name: foreground_bounds(mask) for name, mask in masks.items() if sizes[name]}
+    boxes = {name: first_box(mask) for name, mask in masks.items() if sizes[name]}
     kinds = {}
     for name, box in boxes.items():
         shared = [other for other, other_box in boxes.items()

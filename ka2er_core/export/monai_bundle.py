@@ -26,7 +26,7 @@ from ..bundle import Bundle, Expert, Member, Segmenter, load_bundle
 from ..bundle.registry import build_module, member_architecture
 from ..bundle.schema import EXPERT
 from ..errors import Ka2erError
-from ..io.atomic import current_umask, folder_written_whole
+from ..io.atomic import folder_written_whole, normal_mode
 from ..modeling import ExpertPlan, PromptableSegmenter, TaskExpert
 from ..modeling.sam_med3d import TYPE as SAM_MED3D, SamMed3D
 from ..modeling.prompt_encoder import (BOX_HIGH, BOX_LOW, FLAT_BOX_HIGH, FLAT_BOX_LOW, NEGATIVE, PAD,
@@ -258,7 +258,7 @@ def export_monai_bundle(bundle: Union[str, os.PathLike], out: Union[str, os.Path
             json.dumps(inference_config(loaded.members[name]), indent=2) + "\n")
         torch.save(state, folder / "models" / "model.pt")
         save_file(state, str(folder / "models" / "model.safetensors"))
-        os.chmod(folder / "models" / "model.safetensors", 0o666 & ~current_umask())  # was private
+        normal_mode(folder / "models" / "model.safetensors")  # safetensors makes it private
         if (bundle / "README.md").is_file():
             (folder / "docs").mkdir()
             shutil.copyfile(bundle / "README.md", folder / "docs" / "README.md")

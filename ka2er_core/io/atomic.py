@@ -12,6 +12,7 @@ import contextlib
 import os
 import shutil
 import tempfile
+import threading
 from pathlib import Path
 from typing import Optional
 
@@ -28,9 +29,30 @@ def full_suffix(path: Path) -> str:
 
 
 def current_umask() -> int:
-    umask = os.umask(0)
-    os.umask(umask)
+    """The process's umask. Read from ``/proc/self/status`` where the system has it: setting the
+    umask to read it, as elsewhere, changes it for every thread for a moment, and a file another
+    thread makes meanwhile (a server writing while it trains) would be writable by everyone."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    with _UMASK_LOCK:
+        umask = os.umask(0o077)  # the brief window errs towards private files
+        os.umask(umask)
     return umask
+
+
+_UMASK_LOCK = threading.Lock()
+
+
+def normal_mode(path: os.PathLike | str, folder: bool = False) -> None:
+    """Give ``path`` the mode a plain ``open`` or ``mkdir`` would have given it (0666 or 0777 less
+    the umask): ``mkstemp`` and ``mkdtemp`` make theirs private (0600, 0700), and a bundle the user
+    saved must be readable by whom the user's umask allows (a server under a service account)."""
+    os.chmod(path, (0o777 if folder else 0o666) & ~current_umask())
 
 
 def file_above(path: Path) -> Optional[Path]:
@@ -106,7 +128,7 @@ def atomic_write(path: os.PathLike | str):
         raise write_failure(path, error) from None
     try:
         yield Path(tmp)
-        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp (and some writers) make it private
+        normal_mode(tmp)  # mkstemp (and some writers) make it private
         with open(tmp, "rb") as written:
             os.fsync(written.fileno())
         os.replace(tmp, path)
@@ -138,7 +160,7 @@ def folder_written_whole(out: os.PathLike | str):
     try:
         created = make_folders(out.parent)
         staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-        os.chmod(staging, 0o777 & ~current_umask())  # mkdtemp makes it private
+        normal_mode(staging, folder=True)  # mkdtemp makes it private
     except OSError as error:
         remove_folders(created)
         raise write_failure(out, error) from None

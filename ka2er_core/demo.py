@@ -20,7 +20,8 @@ import numpy as np
 from .bundle import Bundle, load_bundle
 from .data.mni import BRAIN_VALUES, MNI_LABELS, TEST_SEEDS, mni_subject
 from .evaluation.protocol import ProtocolRun, dice, first_prompt, run_protocol
-from .geometry import axis_aligned_matrix, canonical_grid, orientation_code, resample
+from .geometry import (axis_aligned_matrix, canonical_grid, ijk_to_ras_points, orientation_code,
+                       resample)
 from .inference import InteractiveSession, Result
 from .io import load_segmentation, load_volume, save_segmentation, save_volume
 from .errors import UnwritableFileError
@@ -218,11 +219,38 @@ def plane_through(canvas: Grid, normal: int, ras: np.ndarray) -> Grid:
     return Grid(tuple(shape), axis_aligned_matrix(origin, spacing))
 
 
+THIN = 0.5
+"""A panel goes through the target's centre instead of the last prompt when the slice through the
+prompt cuts less than this share of the target that the slice through its centre cuts."""
+
+
+def panel_planes(canvas: Grid, image: Volume, truth: np.ndarray, focus: np.ndarray
+                 ) -> dict[str, tuple[Grid, str]]:
+    """Each view's plane of ``canvas`` and what it passes through: "last click" (the point ``focus``,
+    RAS mm), or "target's centre" (the centroid of ``truth``) where the slice through ``focus`` cuts
+    less than :data:`THIN` of what the slice through the centre cuts (a click at a pole would show a
+    sliver of the target)."""
+    kji = np.argwhere(truth).mean(axis=0) if truth.any() else (np.array(truth.shape) - 1) / 2
+    centre = ijk_to_ras_points(kji[::-1], image.ijk_to_ras)
+    truth8 = truth.astype(np.uint8)
+
+    def area(plane: Grid) -> int:
+        return int(resample(truth8, image.ijk_to_ras, plane, order=0).sum())
+
+    planes = {}
+    for view, (normal, _, _) in VIEWS.items():
+        at_focus, at_centre = plane_through(canvas, normal, focus), plane_through(canvas, normal, centre)
+        planes[view] = ((at_focus, "last click") if area(at_focus) >= THIN * area(at_centre)
+                        else (at_centre, "target's centre"))
+    return planes
+
+
 def draw_slices(path: Path, image: Volume, mask: np.ndarray, truth: np.ndarray, target: str,
                 prompts: list[tuple[str, np.ndarray]], final_dice: float) -> Path:
     """Axial, coronal and sagittal slices through the last prompt, in RAS mm (so at the true aspect),
     radiological convention as 3D Slicer shows them: the mask and reference outlines, clicks as + / -
-    and the box where it crosses the slice."""
+    and the box where it crosses the slice. A panel whose slice through the prompt would show a
+    sliver of the target passes through the target's centre instead (:func:`panel_planes`)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
@@ -233,8 +261,9 @@ def draw_slices(path: Path, image: Volume, mask: np.ndarray, truth: np.ndarray, 
     low, high = np.percentile(image.array[::2, ::2, ::2], (1, 99.5))
     figure = Figure(figsize=(13, 5.2), dpi=100)
     FigureCanvasAgg(figure)
+    planes = panel_planes(canvas, image, truth, focus)
     for axes, (view, (normal, across, up)) in zip(figure.subplots(1, 3), VIEWS.items()):
-        plane = plane_through(canvas, normal, focus)
+        plane, through = planes[view]
         pixels, mask2d, truth2d = (
             resample(array, image.ijk_to_ras, plane, order=order).squeeze(2 - normal)
             for array, order in ((image.array, 1), (mask.astype(np.uint8), 0), (truth.astype(np.uint8), 0)))
@@ -262,7 +291,8 @@ def draw_slices(path: Path, image: Volume, mask: np.ndarray, truth: np.ndarray, 
         axes.set_aspect("equal")
         axes.set_xticks([])
         axes.set_yticks([])
-        axes.set_title(f"{view}, {POSITIVE_END[normal]} = {depth:.0f} mm", fontsize=10)
+        axes.set_title(f"{view} through the {through}, {POSITIVE_END[normal]} = {depth:.0f} mm",
+                       fontsize=10)
         for x, y, letter in ((0.03, 0.5, POSITIVE_END[across]), (0.97, 0.5, NEGATIVE_END[across]),
                              (0.5, 0.96, POSITIVE_END[up]), (0.5, 0.04, NEGATIVE_END[up])):
             axes.text(x, y, letter, transform=axes.transAxes, color="white", ha="center",
@@ -275,8 +305,9 @@ def draw_slices(path: Path, image: Volume, mask: np.ndarray, truth: np.ndarray, 
               Line2D([], [], color=BOX_COLOR, linestyle="--", label="box")]
     figure.legend(handles=legend, loc="lower center", ncol=5, frameon=False)
     figure.suptitle(f"{target}: outlines after {len(prompts)} prompts (Dice {final_dice:.3f}), "
-                    "slices through the last click\nradiological convention as in 3D Slicer: "
-                    "patient's right on the left of the screen", fontsize=11)
+                    "slices through the last click\n(or the target's centre where that slice cuts a sliver of "
+                    "it); radiological convention as in 3D Slicer: patient's right on the left of the "
+                    "screen", fontsize=11)
     figure.tight_layout(rect=(0, 0.06, 1, 1))
     with atomic_write(path) as tmp:
         figure.savefig(tmp, format="png")

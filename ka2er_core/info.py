@@ -10,17 +10,25 @@ from .geometry import is_oblique, orientation_code
 from .io import load_segmentation, load_volume
 from .io.atomic import full_suffix
 
-MAX_LABELS = 64  # an integer image with at most this many distinct values reads as a label map
+MAX_LABELS = 64
+"""An image of whole numbers in 0..65535 with at most this many distinct nonzero values reads as a
+label map, whether stored as integers or as floats (label maps saved as float32 are common)."""
 
 
 def label_counts(array: np.ndarray) -> dict[int, int] | None:
-    """Voxel count per nonzero value if ``array`` looks like a label map, else None."""
-    if not np.issubdtype(array.dtype, np.integer) or array.size == 0:
+    """Voxel count per nonzero value if ``array`` looks like a label map, else None: integers, or
+    floats that are all whole numbers, in 0..65535, with at most :data:`MAX_LABELS` nonzero values."""
+    if array.size == 0 or not (np.issubdtype(array.dtype, np.integer)
+                               or np.issubdtype(array.dtype, np.floating)):
         return None
-    low, high = int(array.min()), int(array.max())
-    if low < 0 or high > 65535:
+    low, high = array.min(), array.max()
+    if not (np.isfinite(low) and np.isfinite(high)) or low < 0 or high > 65535:
         return None
-    counts = np.bincount(array.ravel(), minlength=high + 1)
+    if np.issubdtype(array.dtype, np.floating):
+        if not np.array_equal(array, np.floor(array)):  # intensities, not labels
+            return None
+        array = array.astype(np.uint16)
+    counts = np.bincount(array.ravel(), minlength=int(high) + 1)
     values = np.flatnonzero(counts)
     if len(values) > MAX_LABELS + 1:
         return None

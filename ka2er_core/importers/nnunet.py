@@ -66,8 +66,7 @@ def import_nnunet(folder: Path, out: Path, fold: str = "all", checkpoint: str = 
     plan, input_scale = expert_plan(plans, dataset, arch, backward, folder)
     path = folder / f"fold_{fold}" / checkpoint
     if not path.is_file():
-        folds = sorted(p.name for p in folder.glob("fold_*") if p.is_dir())
-        raise CheckpointError(f"no such file (folds here: {', '.join(folds) or 'none'})", path=path)
+        raise CheckpointError(missing_checkpoint(folder, fold), path=path)
     progress(f"reading {path}")
     loaded = read_checkpoint(path)
     if not isinstance(loaded, dict) or not isinstance(loaded.get("network_weights"), dict):
@@ -95,6 +94,24 @@ def import_nnunet(folder: Path, out: Path, fold: str = "all", checkpoint: str = 
                 [int(a) for a in mirroring]}
     return save_bundle(out, Expert(plan.task, model.eval()), kind="expert", labels=list(plan.labels),
                        training=training)
+
+
+def missing_checkpoint(folder: Path, fold: str) -> str:
+    """Why ``fold_<fold>/<checkpoint>`` is not there, with what is: the folds, or the fold's
+    checkpoints (``--fold`` and ``--checkpoint`` name the others)."""
+    folds = sorted(p.name for p in folder.glob("fold_*") if p.is_dir())
+    here = folder / f"fold_{fold}"
+    if not here.is_dir():
+        return (f"no such file (folds here: {', '.join(folds) or 'none'}); choose one with --fold "
+                "(fold_all is --fold all)" if folds else
+                "no such file (no fold_* folders here: not a trained model folder?)")
+    files = sorted(p.name for p in here.iterdir() if p.is_file() and not p.name.startswith("."))
+    checkpoints = [name for name in files if name.endswith(".pth")]
+    if checkpoints:
+        return (f"no such file ({here.name} holds {', '.join(files)}); choose a checkpoint with "
+                f"--checkpoint, e.g. --checkpoint {checkpoints[0]}")
+    return (f"no such file ({here.name} holds {', '.join(files) or 'nothing'}: no .pth checkpoint; "
+            "name one with --checkpoint)")
 
 
 def read_json(path: Path) -> dict:

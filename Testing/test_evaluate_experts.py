@@ -19,8 +19,9 @@ from ka2er_core.cli import main
 from ka2er_core.data.msd import load_dataset
 from ka2er_core.data.sample import write_sample_dataset
 from ka2er_core.evaluation.protocol import ProtocolRun, dice
-from ka2er_core.evaluation.report import (compare, evaluate_bundle, format_comparison, label_key,
-                                          match_labels, summarise)
+from ka2er_core.evaluation.report import (compare, describe_skipped, evaluate_bundle,
+                                          format_comparison, label_key, match_labels,
+                                          merge_reports, summarise)
 from ka2er_core.importers import import_nnunet
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -227,3 +228,19 @@ def test_evaluate_prints_the_comparison_when_an_expert_scored_nothing(tmp_path, 
     saved = json.loads((tmp_path / "out" / "comparison.json").read_text())
     assert saved["comparison"]["skipped"] == [{"method": "expert", "task": "T",
                                                "reason": "not a CT dataset"}]
+
+
+def test_task_experts_merged_list_only_what_none_of_them_scored():
+    """Each task expert skips the other's dataset: no gap in the merged column, so not listed; an
+    expert label no dataset has, and a dataset no expert scored, are."""
+    other = "not this expert's task"
+    reports = [canned([("T1", "liver", 0.9)], "/x/expert_a", [{"task": "T2", "reason": other},
+                                                                {"task": "T3", "reason": other}]),
+               canned([("T2", "brain", 0.8)], "/x/expert_b", [{"task": "T1", "reason": other},
+                                                                {"task": "T2", "label": "tumour",
+                                                                 "reason": "no such label"}])]
+    merged = merge_reports(reports)
+    assert [describe_skipped(entry) for entry in merged["skipped"]] == [
+        f"expert_a: T3: {other}", "expert_b: T2: expert label tumour: no such label"]
+    assert {(row["task"], row["target"]) for row in merged["summary"]} == {("T1", "liver"),
+                                                                          ("T2", "brain")}

@@ -243,8 +243,9 @@ def summarise(runs: list[dict], settings: dict, skipped: Sequence[dict] = ()) ->
 
 
 def describe_skipped(entry: dict) -> str:
-    """One skipped entry as a line: ``[method: ]task[: target or label]: reason``."""
-    where = [entry[key] for key in ("method", "task") if key in entry]
+    """One skipped entry as a line: ``[method: ][bundle folder: ]task[: target or label]: reason``."""
+    where = [entry[key] if key != "bundle" else Path(entry[key]).name
+             for key in ("method", "bundle", "task") if key in entry]
     if "target" in entry:
         where.append(entry["target"])
     elif "label" in entry:
@@ -296,8 +297,10 @@ def format_table(report: dict) -> str:
 def merge_reports(reports: Sequence[dict]) -> dict:
     """One report from several (e.g. one task expert each): all runs, summarised together."""
     settings = dict(reports[0]["settings"], bundle=[r["settings"]["bundle"] for r in reports])
+    scored = {run["task"] for report in reports for run in report["runs"]}
     skipped = [{"bundle": report["settings"]["bundle"], **entry} for report in reports
-               for entry in report.get("skipped", ())]
+               for entry in report.get("skipped", ())  # a dataset another one scored is no gap
+               if "target" in entry or "label" in entry or entry["task"] not in scored]
     return summarise([run for report in reports for run in report["runs"]], settings, skipped)
 
 

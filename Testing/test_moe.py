@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import ka2er_core.bundle.store as store_module
+import ka2er_core.inference.session as session_module
 from ka2er_core import Volume, load_volume, save_volume
 from ka2er_core.bundle import (STUDENT_BUNDLE, BundleError, Segmenter, load_bundle, save_bundle,
                                save_moe_bundle)
@@ -150,7 +151,7 @@ def test_gate_reads_fine_stages_at_the_prompts_and_older_gates_still_load(tiny_m
     coords, labels = torch.tensor([[[20.5, 30.5, 40.5]]]), torch.tensor([[POSITIVE]])
     features = gate.inputs(general, embedding, coords, labels)
     assert gate.prompt_stages == [0, 1] and features.shape[1] == gate.norm.normalized_shape[0]
-    stage = embedding.hidden_states[0]  # (1, C0, 32, 32, 32), axes (k, j, i)
+    stage = embedding.stages[0]  # (1, C0, 32, 32, 32), axes (k, j, i)
     under_click = gate.fine_channels
     extra = sum(gate.stage_channels[s] for s in (0, 1)) + under_click
     sampled = features[0, -extra:][:stage.shape[1]]
@@ -366,6 +367,7 @@ def test_bundles_without_a_gate_never_call_one(tiny_moe, volume, monkeypatch):
 def test_a_target_is_corrected_by_the_member_that_made_it(tiny_moe, volume, monkeypatch):
     """The gate routes a target's first prompt; corrective clicks stay with that member even when
     the gate would now choose another; a box routes again; undo restores the answering member."""
+    monkeypatch.setattr(session_module, "follows", lambda *args: True)  # every member follows
     bundle = load_bundle(tiny_moe[0])
     calls = count_gate_calls(bundle.gate, monkeypatch)
     session = InteractiveSession(bundle, device="cpu")
@@ -390,6 +392,45 @@ def test_a_target_is_corrected_by_the_member_that_made_it(tiny_moe, volume, monk
     for _ in range(4):
         session.undo()
     assert session.undo_depth == 0 and session.targets["Segment_1"].member is None
+
+
+def answers(member, sign: float, monkeypatch) -> None:
+    """Make ``member``'s decoder answer ``sign`` everywhere (+1: all inside, -1: all outside),
+    whatever the prompts."""
+    decode = member.model.decode
+
+    def constant(*args, **kwargs):
+        logits, iou = decode(*args, **kwargs)
+        return torch.full_like(logits, sign), iou
+
+    monkeypatch.setattr(member.model, "decode", constant)
+
+
+def test_a_correction_the_member_ignores_goes_to_the_gate_then_the_general_model(
+        tiny_moe, volume, monkeypatch):
+    """A member that answers a positive click with nothing there does not lock its mask in: the
+    gate's choice answers, and the general model when that one ignores the click too."""
+    bundle = load_bundle(tiny_moe[0])
+    session = InteractiveSession(bundle, device="cpu")
+    session.set_image(volume)
+    always(bundle.gate, "brain")
+    answers(bundle.members["brain"], -1.0, monkeypatch)
+    assert session.add_point(centre_ras(volume)).member == "brain"
+    assert not session.mask.any()  # the brain member segments nothing
+
+    always(bundle.gate, "liver")
+    answers(bundle.members["liver"], 1.0, monkeypatch)
+    click = centre_ras(volume, (2, 0, 0))
+    result = session.add_point(click)
+    assert result.member == "liver"  # the brain ignored the click; the gate's choice followed it
+    k, j, i = np.round(np.linalg.solve(volume.ijk_to_ras, [*click, 1])[:3]).astype(int)[::-1]
+    assert session.mask[k, j, i] == 1
+
+    session.set_target("second")  # the liver member marks everything: it ignores negative clicks
+    assert session.add_point(centre_ras(volume)).member == "liver" and session.mask.all()
+    answers(bundle.members["general"], -1.0, monkeypatch)
+    result = session.add_point(click, positive=False)  # the gate still chooses the liver member
+    assert result.member == "general" and session.mask[k, j, i] == 0
 
 
 def test_finetune_writes_a_member_with_the_general_models_settings(phantoms, tmp_path):

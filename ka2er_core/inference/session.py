@@ -119,8 +119,7 @@ class InteractiveSession:
 
     @property
     def memory_bytes(self) -> int:
-        """Bytes this session holds beyond the model: the image, every target's mask, undo copies,
-        crop logits (current and kept for undo), and the cached embeddings."""
+        """Bytes held beyond the model: image, masks, undo copies, crop logits, cached embeddings."""
         image = 0 if self.volume is None else self.volume.array.nbytes
         return image + self.targets.memory_bytes + self.embeddings.memory_bytes
 
@@ -248,12 +247,14 @@ class InteractiveSession:
         old = prior if crop is first_crop else self._prior(target, crop)
         pieces = [(crop, logits, old)]
         if self.refine and crop.spacing > member.base_spacing * ZOOM_STEP:
-            pieces += self._tiles(member, prompts, crop, logits)
+            pieces += [(tile, self._decode(member, points, tile, prior)[0], prior)  # base-spacing tiles
+                       for tile, prior, points in refinement_tiles(crop, logits, prompts,
+                                                                   member.crop_size, member.base_spacing)]
         return self._paste(target, member, prompts, pieces, score, start)
 
     def _correct(self, target: Target, prompts: list[Prompt], start: float) -> Result:
-        """A click on an existing mask: look closely around it (a crop at the base spacing, the mask
-        as the dense prompt) and edit the mask near the click only."""
+        """A click on an existing mask: a close look around it (base spacing, the mask as the dense
+        prompt), pasted near the click only."""
         click = prompts[-1].ras
         planner = self._planner(target)
         crop = None
@@ -263,23 +264,23 @@ class InteractiveSession:
         if crop is None:
             crop = plan_crop(click, click, planner.crop_size, planner.base_spacing, planner.max_spacing)
         inside = [p for p in prompts if crop.holds(p)]
-        if self.pinned is None and target.member is not None:
-            member = self._member(target.member)
-        else:
-            member = self._route(inside, crop)
-        prior = self._prior(target, crop)
-        logits, score = self._decode(member, inside, crop, prior)
-        focus = crop.to_crop(click)
+        prior, focus = self._prior(target, crop), crop.to_crop(click)
+        for member in self._correctors(target, inside, crop):
+            logits, score = self._decode(member, inside, crop, prior)
+            if follows(logits, focus, prompts[-1].positive):
+                break
         return self._paste(target, member, prompts, [(crop, logits, prior)], score, start, focus)
 
-    def _tiles(self, member: Segmenter, prompts: list[Prompt], coarse: Crop, logits: np.ndarray):
-        """Base-spacing tiles over a coarse answer, each decoded (see :func:`refinement_tiles`):
-        [(tile, tile logits, coarse logits on the tile)], to paste over the coarse answer."""
-        pieces = []
-        for tile, prior, points in refinement_tiles(coarse, logits, prompts, member.crop_size,
-                                                    member.base_spacing):
-            pieces.append((tile, self._decode(member, points, tile, prior)[0], prior))
-        return pieces
+    def _correctors(self, target: Target, prompts: list[Prompt], crop: Crop):
+        """Who answers a correction, in turn until one follows the click: the target's member, the
+        gate's choice, the general model (no member locks its answer in); or the pinned one."""
+        if self.pinned is not None or target.member is None:
+            yield self._route(prompts, crop)
+            return
+        yield self._member(target.member)
+        for name in dict.fromkeys((self._route(prompts, crop).name, self.router.general)):
+            if name != target.member:
+                yield self._member(name)
 
     def _paste(self, target, member, prompts, pieces, score, start, focus=None) -> Result:
         """Render every (crop, logits, old) piece's changed cells, then write them into the mask in
@@ -291,6 +292,12 @@ class InteractiveSession:
         region = self.targets.commit(target, prompts, renders, answer,
                                      None if self.pinned is not None else member.name)
         return Result(region, score, member.name, (time.perf_counter() - start) * 1000)
+
+
+def follows(logits: np.ndarray, click: np.ndarray, positive: bool) -> bool:
+    """Whether crop ``logits`` (S, S, S) put the click (crop-voxel (i, j, k)) on its side."""
+    i, j, k = np.clip(np.round(click).astype(int), 0, np.array(logits.shape[::-1]) - 1)
+    return bool(logits[k, j, i] > 0) == positive
 
 
 def choose_crop(answer: Optional[Answer], member: Segmenter, low, high) -> Crop:

@@ -162,7 +162,8 @@ def add_segmenting_commands(commands: argparse._SubParsersAction) -> None:
         "bundles segment without prompts. Prints and records what was not scored, and why.")
     evaluate.add_argument("--bundle", type=Path, action="append", default=None,
                           help="bundle folder (default: the shipped moe bundle); repeat to compare "
-                               "several (expert bundles segment their own task automatically), "
+                               "several (task expert bundles segment without prompts; see "
+                               "--label-map), "
                                "which also writes comparison.md/.json/.png")
     evaluate.add_argument("--dataset", required=True, action="append", type=Path,
                           help="dataset folder (repeat for several tasks)")

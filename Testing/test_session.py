@@ -225,3 +225,34 @@ def test_refine_sharpens_a_zoomed_out_answer_in_one_undo_step(monkeypatch):
         assert not session.mask.any()
     assert session.embeddings.computed > 4  # the tiles: one embedding each
     assert scores[True] > scores[False] + 0.1, scores  # measured 0.90 vs 0.75
+
+
+def test_without_overlap_other_segments_are_background_and_never_overwritten(bundle, volume,
+                                                                             monkeypatch):
+    """A model that marks everything: with overlap (the default) the second segment covers the
+    first; without, it takes every voxel but the first segment's, which stays as it was."""
+    decode = bundle.default.model.decode
+
+    def everything(*args, **kwargs):
+        logits, iou = decode(*args, **kwargs)
+        return torch.ones_like(logits), iou
+
+    monkeypatch.setattr(bundle.default.model, "decode", everything)
+    first = np.zeros(SHAPE, np.uint8)
+    first[10:20, 12:25, 8:20] = 1
+    for overlap in (True, False):
+        session = InteractiveSession(bundle, device="cpu", overlap=overlap)
+        session.set_image(volume)
+        session.set_target("first")
+        session.set_mask(first)
+        session.set_target("second")
+        session.add_box(centre_ras(volume, (-3, -3, -2)), centre_ras(volume, (7, 7, 4)))
+        second = session.mask > 0
+        assert second.sum() > first.sum()
+        np.testing.assert_array_equal(session.targets["first"].mask, first)  # never overwritten
+        shared = int((second & (first > 0)).sum())
+        assert shared == first.sum() if overlap else shared == 0
+        if not overlap:
+            session.overlap = True  # the option may change between prompts
+            session.add_point(centre_ras(volume), positive=True)
+            assert (session.mask[first > 0] > 0).any()

@@ -48,14 +48,15 @@ class InteractiveSession:
     """Prompt-based segmentation of one volume, several targets (segments) at a time.
 
     ``model`` is a :class:`~ka2er_core.bundle.Bundle` (default: the shipped moe bundle). With a
-    gate (a moe bundle) and no pinned member, the gate routes each target: its first prompt (and any
-    later box) goes to the member the gate selects, which then answers the target's corrective
-    clicks too, so a mask is corrected by the model that made it.
+    gate and no pinned member, the gate routes each target's first prompt (and any later box); that
+    member answers the target's corrections while it follows them (:meth:`_correctors`).
     """
 
     def __init__(self, model: Optional[Bundle] = None, device: Union[str, torch.device] = "auto",
-                 refine: bool = False):
+                 refine: bool = False, overlap: bool = True):
         self.device = pick_device(device)
+        self.overlap = overlap
+        """False: other targets' voxels are background to each prompt and never overwritten."""
         self.refine = refine
         """After a zoom-out, look again at the base spacing: tiles over the coarse answer (sharper
         borders of large objects; one crop embedding per tile, seconds on a CPU)."""
@@ -290,7 +291,7 @@ class InteractiveSession:
                    for crop, logits, old in pieces]
         answer = Answer(pieces[0][0], renders[0].logits)
         region = self.targets.commit(target, prompts, renders, answer,
-                                     None if self.pinned is not None else member.name)
+                                     None if self.pinned is not None else member.name, self.overlap)
         return Result(region, score, member.name, (time.perf_counter() - start) * 1000)
 
 

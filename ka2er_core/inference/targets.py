@@ -87,16 +87,18 @@ class Targets(dict):
         return union(region for region, _ in step.pasted)
 
     def commit(self, target: Target, prompts: list[Prompt], renders: list[Render], answer: Answer,
-               member: Optional[str]) -> Optional[Region]:
+               member: Optional[str], overlap: bool = True) -> Optional[Region]:
         """Write rendered pieces into ``target``'s mask, in order, as one undo step; ``answer`` is
-        remembered as its last, ``member`` (if not None) as the one that answers it."""
+        remembered as its last, ``member`` (if not None) as the one that answers it. Without
+        ``overlap``, voxels of the other targets stay out of this one (they are background)."""
         step = UndoStep([], target.prompts, target.answer, target.bounds, target.member)
         for render in renders:
             if render.region is None:
                 continue
             previous = target.mask[render.region].copy()
             # only the voxels the crop reaches change; the rest keep their value
-            target.mask[render.region] = np.where(render.reached, render.rendered, previous)
+            rendered = render.rendered if overlap else render.rendered & ~self.others(target, render.region)
+            target.mask[render.region] = np.where(render.reached, rendered, previous)
             step.pasted.append((render.region, previous))
             grown = self.mask_bounds(target.mask, render.region)
             if grown is not None:
@@ -107,6 +109,14 @@ class Targets(dict):
         if member is not None:
             target.member = member
         return union(region for region, _ in step.pasted)
+
+    def others(self, target: Target, region: Region) -> np.ndarray:
+        """Where any target but ``target`` is set in ``region`` (bool)."""
+        taken = np.zeros(target.mask[region].shape, dtype=bool)
+        for other in self.values():
+            if other is not target:
+                taken |= other.mask[region] > 0
+        return taken
 
     def mask_bounds(self, mask: np.ndarray, region: Region):
         """RAS box enclosing the foreground of ``mask[region]`` (None if empty)."""

@@ -148,6 +148,10 @@ def test_bad_requests_get_4xx_with_a_message_and_the_server_keeps_serving(server
         "unknown session": ("POST", "/sessions/nope/targets/liver/points",
                             json.dumps({"ras": [0, 0, 0]}).encode(), json_headers, 404),
         "unknown member": ("PUT", f"/sessions/{session}/member", b'{"member": "nobody"}', json_headers, 422),
+        "positive not a bool": ("POST", points, b'{"ras": [0, 0, 0], "positive": "no"}', json_headers,
+                                422),
+        "overlap not a bool": ("PUT", f"/sessions/{session}/overlap", b'{"overlap": "no"}', json_headers,
+                               422),
         "mask of the wrong shape": ("PUT", f"/sessions/{session}/targets/liver/mask",
                                     encode_array(np.zeros((3, 3, 3), np.uint8)), {}, 422),
     }
@@ -226,6 +230,32 @@ def test_an_expired_session_is_uploaded_again_and_the_mask_kept(server):
     assert status == 200
     array, _ = decode_array(mask, 10**7)
     assert np.array_equal(array, remote.mask)  # the server's copy is the client's
+
+
+def test_without_overlap_the_server_keeps_other_segments_and_a_restore_keeps_the_choice(server,
+                                                                                        bundle):
+    """overlap = False on a RemoteSession reaches the server (the same masks as in process), and
+    is set again on the new server session after the old one was dropped."""
+    subject = phantom(TEST_SEEDS[0])
+    local, remote = InteractiveSession(bundle, device="cpu"), RemoteSession(server.url, token=TOKEN)
+    liver = clicks_on(subject, "liver", 2)
+    for session in (local, remote):
+        session.set_image(subject.image)
+        session.overlap = False
+        session.set_target("first")
+        session.add_point(liver[0])
+        session.set_target("second")  # a box over the first segment
+        session.add_box(np.min(liver, axis=0) - 20, np.max(liver, axis=0) + 20)
+    first = local.targets["first"].mask > 0
+    assert first.any() and not (local.mask[first]).any()
+    assert np.array_equal(local.mask, remote.mask)
+    server.store.remove(remote.session_id)  # dropped: the client restores it with overlap off
+    remote.set_target("first")
+    remote.add_point(liver[1], positive=False)
+    assert remote.uploads == 2
+    status, reply = server.raw("GET", f"/sessions/{remote.session_id}/targets/second/mask")
+    assert status == 200 and server.store.get(remote.session_id).session.overlap is False
+    remote.close()
 
 
 def test_a_retried_prompt_is_applied_once(server):

@@ -22,7 +22,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPBearer
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
 from starlette.requests import ClientDisconnect
 
 from .. import __version__
@@ -112,7 +112,7 @@ class Strict(BaseModel):
 
 class PointRequest(Strict):
     ras: Ras = Field(description="RAS mm")
-    positive: bool = True
+    positive: StrictBool = True
 
 
 class BoxRequest(Strict):
@@ -122,6 +122,10 @@ class BoxRequest(Strict):
 
 class MemberRequest(Strict):
     member: Optional[str] = Field(None, max_length=128, description="null: the bundle decides")
+
+
+class OverlapRequest(Strict):
+    overlap: StrictBool = Field(description="false: each prompt leaves the other segments' voxels alone")
 
 
 class ChangedRegion(BaseModel):
@@ -369,6 +373,13 @@ def create_app(bundle: Bundle, token: Optional[str], limits: Limits = Limits(),
     async def pin(session_id: SessionId, body: MemberRequest = Body()) -> MemberRequest:
         """Let one member of a moe bundle answer every prompt (null: the gate decides again)."""
         await run(session_id, store.get(session_id), lambda s: s.pin(body.member))
+        return body
+
+    @app.put("/sessions/{session_id}/overlap", dependencies=secured, responses=ERRORS)
+    async def overlap(session_id: SessionId, body: OverlapRequest = Body()) -> OverlapRequest:
+        """Whether segments may overlap (default true); false: each prompt's paste keeps off the
+        other segments' voxels, which stay as they are."""
+        await run(session_id, store.get(session_id), lambda s: setattr(s, "overlap", body.overlap))
         return body
 
     return app

@@ -78,6 +78,7 @@ class RemoteSession:
         self._members: Optional[list[str]] = None
         self._capabilities: Optional[dict] = None
         self.pinned: Optional[str] = None
+        self._overlap = True
         self.target_name = "Segment_1"
         self._masks: dict[str, np.ndarray] = {}
         self._undo_depth: dict[str, int] = {}
@@ -116,6 +117,17 @@ class RemoteSession:
     def pin(self, member: Optional[str]) -> None:
         self._call("PUT", "/member", {"member": member})
         self.pinned = member
+
+    @property
+    def overlap(self) -> bool:
+        """False: each prompt leaves the other targets' voxels alone (as InteractiveSession)."""
+        return self._overlap
+
+    @overlap.setter
+    def overlap(self, allowed: bool) -> None:
+        if self.session_id is not None:
+            self._call("PUT", "/overlap", {"overlap": bool(allowed)})
+        self._overlap = bool(allowed)
 
     def set_target(self, name: str) -> None:
         self.target_name = name
@@ -205,6 +217,8 @@ class RemoteSession:
                            content_type="application/octet-stream")
         self.session_id, self._members = reply["session"], reply["members"]
         self.uploads += 1
+        if not self._overlap:  # a new server session starts with overlap allowed
+            self._json("PUT", f"/sessions/{self.session_id}/overlap", {"overlap": False})
 
     def _restore(self) -> None:
         """The server lost the session: upload again, then every non-empty target mask and the pin."""

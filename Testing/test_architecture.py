@@ -105,12 +105,30 @@ def test_every_session_keeps_the_session_contract():
 
 
 def test_both_promptable_architectures_keep_the_model_contract():
+    """Both embed into the one Embedding type, shaped as their layouts say (what the gate and the
+    amalgamation layer are built from), and make it again from their own stages."""
+    import torch
+
     from ka2er_core.modeling import ModelConfig, PromptableSegmenter
-    from ka2er_core.modeling.protocols import PromptableModel
+    from ka2er_core.modeling.protocols import Embedding, PromptableModel
     from ka2er_core.modeling.sam_med3d import SamMed3D
 
     from importer_fixtures import TINY
 
-    assert isinstance(PromptableSegmenter(ModelConfig.tiny()), PromptableModel)
-    assert isinstance(SamMed3D(TINY), PromptableModel)
+    for model in (PromptableSegmenter(ModelConfig.tiny()).eval(), SamMed3D(TINY).eval()):
+        assert isinstance(model, PromptableModel)
+        size, layout = model.config.crop_size, model.layout
+        image = torch.randn(1, 1, size, size, size)
+        with torch.no_grad():
+            embedding = model.embed(image)
+            again = model.embed_from_stages(image, model.stages(image))
+            tokens = model.prompt_tokens(torch.full((1, 2, 3), 5.0), torch.ones(1, 2, dtype=torch.long))
+        assert isinstance(embedding, Embedding) and isinstance(embedding.detach(), type(embedding))
+        assert embedding.tokens.shape == (1, layout.dim, *(size // layout.token_factor,) * 3)
+        assert [tuple(s.shape) for s in embedding.stages] == [
+            (1, c, *(size // f,) * 3) for c, f in zip(layout.stage_channels, layout.stage_factors)]
+        assert set(layout.amalgamated) <= set(range(len(layout.stage_channels)))
+        fine = () if embedding.fine is None else tuple(embedding.fine.shape)
+        assert fine == (() if not layout.fine_channels else (1, layout.fine_channels, size, size, size))
+        assert torch.equal(again.tokens, embedding.tokens) and tokens.shape == (1, 2, layout.dim)
     assert not isinstance(object(), PromptableModel)

@@ -8,17 +8,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
-from ..modeling import ExpertPlan, PromptableSegmenter, TaskExpert
+from ..modeling import ExpertPlan, TaskExpert
 from ..modeling.gate import Gate
 from ..modeling.normalization import Normalization
+from ..modeling.protocols import PromptableModel
 
 
 @dataclass
 class Segmenter:
-    """One promptable model with what a session needs to use it."""
+    """One promptable model (our Swin student or an imported SAM-Med3D) with what a session needs to
+    use it."""
 
     name: str
-    model: PromptableSegmenter
+    model: PromptableModel
     normalization: Normalization
     base_spacing: float
     max_spacing: float

@@ -11,6 +11,7 @@ import torch
 
 from ..modeling import PromptableSegmenter, TaskExpert
 from ..modeling.expert import NnUNetExpert
+from ..modeling.protocols import common_prompt_types
 from ..modeling.sam_med3d import TYPE as SAM_MED3D, SamMed3D
 from .members import Bundle, Expert, Member
 from .schema import EXPERT, BundleError, architecture_config
@@ -55,8 +56,7 @@ def prompt_types(bundle: Bundle) -> tuple[str, ...]:
     else:
         classes = [type(member.model) for member in bundle.members.values()
                    if not isinstance(member, Expert)]
-    return tuple(kind for kind in ("point", "box")
-                 if classes and all(kind in getattr(c, "PROMPT_TYPES", ()) for c in classes))
+    return common_prompt_types(classes)
 
 
 def member_architecture(member: Member) -> dict[str, Any]:

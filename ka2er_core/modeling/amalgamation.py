@@ -194,6 +194,23 @@ def match_expert_stages(student_factors: Sequence[int],
             for factor in student_factors]
 
 
+def expert_sources(student_factors: Sequence[int], expert_factors: Sequence[Sequence[Sequence[int]]]
+                   ) -> list[tuple[int, list[int]]]:
+    """The layer's sources: (expert index, that expert's stage for each student scale).
+
+    A multi-scale student (the Swin backbone's 1/8, 1/16, 1/32) gets one source per expert, its
+    nearest stage at each scale (:func:`match_expert_stages`). A single-scale student (a ViT's one
+    token grid) gets one source per expert stage: every stage of every expert is resampled onto that
+    grid, and the per-location attention weighs them all. ``expert_factors[e]``: expert e's stages'
+    (k, j, i) downsampling factors.
+    """
+    if len(student_factors) == 1:
+        return [(e, [stage]) for e, factors in enumerate(expert_factors)
+                for stage in range(len(factors))]
+    return [(e, match_expert_stages(student_factors, factors))
+            for e, factors in enumerate(expert_factors)]
+
+
 def _tokens(volume: Tensor) -> Tensor:
     """(B, C, D, H, W) -> (B, D*H*W, C)."""
     return volume.flatten(2).transpose(1, 2)

@@ -16,18 +16,18 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .common import MLP
-from .image_encoder import ImageEmbedding
 from .normalization import MODALITIES
 from .prompt_encoder import PAD, POSITIVE
-from .promptable import PromptableSegmenter
+from .protocols import Embedding, PromptableModel
 
 
 class Gate(nn.Module):
     """Scores the members of a mixture for one set of prompts on one crop.
 
     ``members``: member names, the general model first. ``dim``, ``crop_size`` and
-    ``stage_channels``: the general model's token width, crop side (voxels) and backbone stage
-    widths. ``prompt_stages``: backbone stages also sampled at the prompts (the fine stages tell
+    ``stage_channels``: the general model's token width, crop side (voxels) and encoder stage
+    widths (its :class:`~.protocols.EmbeddingLayout`'s: the Swin backbone's five stages, or a ViT's
+    one grid). ``prompt_stages``: stages also sampled at the prompts (the fine stages tell
     the tissue under a click, which the coarse image tokens blur). ``fine_channels``: if > 0, the
     general model's full-resolution features (that many channels) sampled at the positive clicks,
     the intensity under them (0 in gates made before it). ``threshold``: the selection
@@ -58,14 +58,17 @@ class Gate(nn.Module):
         self.mlp = MLP(width, hidden, len(self.members), 2)
 
     @classmethod
-    def for_model(cls, members: Sequence[str], general: PromptableSegmenter, hidden: int = 128,
-                  prompt_stages: Sequence[int] = (0, 1), fine: bool = True,
+    def for_model(cls, members: Sequence[str], general: PromptableModel, hidden: int = 128,
+                  prompt_stages: Optional[Sequence[int]] = None, fine: bool = True,
                   modalities: Optional[Mapping[str, Sequence[str]]] = None) -> "Gate":
-        """A new gate over ``members`` reading ``general``'s features."""
-        config = general.config
-        stages = [config.encoder_embed_dim * 2 ** s for s in range(len(config.encoder_depths) + 1)]
-        return cls(members, config.dim, config.crop_size, stages, hidden,
-                   prompt_stages=prompt_stages, fine_channels=config.fine_channels if fine else 0,
+        """A new gate over ``members`` reading ``general``'s embedding, as its
+        :class:`~.protocols.EmbeddingLayout` describes it. ``prompt_stages`` default: the two
+        finest stages (a ViT's one); ``fine``: also its full-resolution features, if it has any."""
+        layout = general.layout
+        if prompt_stages is None:
+            prompt_stages = tuple(range(min(2, len(layout.stage_channels))))
+        return cls(members, layout.dim, general.config.crop_size, layout.stage_channels, hidden,
+                   prompt_stages=prompt_stages, fine_channels=layout.fine_channels if fine else 0,
                    modalities=modalities)
 
     def config(self) -> dict:
@@ -81,22 +84,22 @@ class Gate(nn.Module):
         return torch.tensor([name not in self.modalities or modality in self.modalities[name]
                              for name in self.members])
 
-    def inputs(self, general: PromptableSegmenter, embedding: ImageEmbedding, coords: Tensor,
+    def inputs(self, general: PromptableModel, embedding: Embedding, coords: Tensor,
                labels: Tensor) -> Tensor:
         """The gate's input features (B, F), no parameters involved, from the general model's
         embedding of B crops and the prompts: coords (B, N, 3) crop-voxel (i, j, k), labels (B, N)
         prompt kinds (``PAD`` for none).
 
         F = 2 sum(stage_channels) + 4 dim + sum(stage_channels[prompt_stages]) + fine_channels:
-        the mean and standard deviation over the crop of every backbone stage and of the image tokens
-        (``embedding.embedding``, (B, dim, T, T, T), axes (k, j, i)): what the image looks like
+        the mean and standard deviation over the crop of every encoder stage and of the image tokens
+        (``embedding.tokens``, (B, dim, T, T, T), axes (k, j, i)): what the image looks like
         (modality, sequence, anatomy); the image tokens' mean over trilinear samples at the
         prompts; the mean of the general model's prompt tokens; the ``prompt_stages`` maps' mean
         over samples at the prompts (what lies under the clicks); with ``fine_channels``, the
         full-resolution features' mean over samples at the positive clicks (0 without any).
         """
-        tokens = embedding.embedding
-        prompt_tokens, _ = general.prompt_encoder(coords, labels, None)  # (B, N, dim)
+        tokens = embedding.tokens
+        prompt_tokens = general.prompt_tokens(coords, labels)  # (B, N, dim)
         real = (labels != PAD).float()[..., None]  # (B, N, 1)
         count = real.sum(1).clamp(min=1)
         # grid_sample wants (x, y, z) = (i, j, k) in [-1, 1]; align_corners=False: -1 is the crop's
@@ -108,7 +111,7 @@ class Gate(nn.Module):
                                     padding_mode="border", align_corners=False)[..., 0, 0]
             return (samples.transpose(1, 2) * which).sum(1) / which.sum(1).clamp(min=1)
 
-        maps = [*embedding.hidden_states, tokens]
+        maps = [*embedding.stages, tokens]
         means = [x.mean((2, 3, 4)) for x in maps]
         # sqrt(E[x^2] - E[x]^2): a fifth of torch.std's time on these layouts, on CPU
         spreads = [((x * x).mean((2, 3, 4)) - mean ** 2).clamp(min=0).sqrt()
@@ -116,7 +119,7 @@ class Gate(nn.Module):
         under_clicks = [at_prompts(embedding.fine, (labels == POSITIVE).float()[..., None])
                         ] if self.fine_channels else []
         return torch.cat([*means, *spreads, at_prompts(tokens), (prompt_tokens * real).sum(1) / count,
-                          *(at_prompts(embedding.hidden_states[s]) for s in self.prompt_stages),
+                          *(at_prompts(embedding.stages[s]) for s in self.prompt_stages),
                           *under_clicks], dim=1)
 
     def forward(self, features: Tensor) -> Tensor:

@@ -15,28 +15,22 @@ from torch import nn
 
 from .common import LayerNorm3d
 from .config import ModelConfig
+from .protocols import Embedding
 
 
 @dataclass
-class ImageEmbedding:
-    """Everything the decoder needs about one crop.
+class ImageEmbedding(Embedding):
+    """The Swin model's :class:`~.protocols.Embedding` of B crops.
 
-    ``embedding`` (B, dim, S/8, S/8, S/8): the image tokens. ``skip_quarter`` (B, dim/2, S/4, ...) and
-    ``skip_half`` (B, dim/4, S/2, ...): encoder features for upsampling. ``fine`` (B, fine_channels,
-    S, S, S): full-resolution features for the final mask. ``hidden_states``: the backbone's five
-    stages (1/2 to 1/32), the multi-scale features the amalgamation layer taps.
+    ``tokens`` (B, dim, S/8, S/8, S/8): the image tokens. ``stages``: the backbone's five stages
+    (1/2 to 1/32), the multi-scale features the amalgamation layer taps. ``fine`` (B, fine_channels,
+    S, S, S): full-resolution features for the final mask. Its own decoder also reads
+    ``skip_quarter`` (B, dim/2, S/4, ...) and ``skip_half`` (B, dim/4, S/2, ...): encoder features
+    for upsampling.
     """
 
-    embedding: torch.Tensor
     skip_quarter: torch.Tensor
     skip_half: torch.Tensor
-    fine: torch.Tensor
-    hidden_states: list[torch.Tensor]
-
-    def detach(self) -> "ImageEmbedding":
-        return ImageEmbedding(self.embedding.detach(), self.skip_quarter.detach(),
-                              self.skip_half.detach(), self.fine.detach(),
-                              [h.detach() for h in self.hidden_states])
 
 
 class ImageEncoder(nn.Module):
@@ -75,8 +69,8 @@ class ImageEncoder(nn.Module):
                      if h.shape[2:] != size else proj(h)
                      for proj, h in zip(self.to_tokens, hidden[2:]))
         return ImageEmbedding(
-            embedding=self.neck(tokens),
-            skip_quarter=self.to_skip_quarter(hidden[1]),
-            skip_half=self.to_skip_half(hidden[0]),
+            tokens=self.neck(tokens),
+            stages=list(hidden),
             fine=self.fine(image),
-            hidden_states=list(hidden))
+            skip_quarter=self.to_skip_quarter(hidden[1]),
+            skip_half=self.to_skip_half(hidden[0]))

@@ -38,7 +38,7 @@ class MaskDecoder(nn.Module):
         b = sparse.shape[0]
         tokens = torch.cat([self.iou_token.expand(b, -1, -1), self.mask_token.expand(b, -1, -1),
                             sparse], dim=1)
-        embedding = image.embedding.expand(b, -1, -1, -1, -1)
+        embedding = image.tokens.expand(b, -1, -1, -1, -1)
         tokens, src = self.transformer(embedding + dense, image_pe.expand(b, -1, -1, -1, -1), tokens)
         n = embedding.shape[2:]
         src = src.transpose(1, 2).reshape(b, -1, *n)

@@ -17,7 +17,7 @@ from ka2er_core.data.sample import write_sample_dataset
 from ka2er_core.geometry import ijk_to_ras_points
 from ka2er_core.io.checksum import sha256
 from ka2er_core.modeling.amalgamation import AmalgamationLayer, match_expert_stages
-from ka2er_core.training.amalgamate import (STUDENT_STAGES, AmalgamatedStudent,
+from ka2er_core.training.amalgamate import (AmalgamatedStudent,
                                             AmalgamationSampler, AmalgamationStep, amalgamate,
                                             expert_grid, on_student_grid)
 from ka2er_core.training.expert import train_expert
@@ -73,10 +73,11 @@ def test_gradients_reach_the_student_and_the_layer_but_not_the_experts(tasks):
     start = starting_model(None, None)
     model, normalization = start.model, start.normalization
     items, targets = load_training_items(folders, normalization)
-    hidden = model.image_encoder.backbone_features(torch.zeros(1, 1, 64, 64, 64))
+    hidden = model.stages(torch.zeros(1, 1, 64, 64, 64))
+    scales = model.layout.amalgamated  # the Swin backbone's 1/8, 1/16 and 1/32 stages
     expert_channels = [[e.plan.filters[i] for i in match_expert_stages((8, 16, 32), e.plan.stage_factors)]
                        for e in experts]
-    layer = AmalgamationLayer([hidden[s].shape[1] for s in STUDENT_STAGES], expert_channels,
+    layer = AmalgamationLayer([hidden[s].shape[1] for s in scales], expert_channels,
                               hidden=16, heads=2)
     step = AmalgamationStep(AmalgamatedStudent(model, layer), experts).train()
     before = [{k: v.clone() for k, v in e.state_dict().items()} for e in experts]

@@ -24,7 +24,7 @@ from ka2er_core.modeling.normalization import Normalization
 from ka2er_core.training.expert import train_expert
 from ka2er_core.training.losses import per_item_dice_bce, weighted_mean
 from ka2er_core.modeling.amalgamation import AmalgamationLayer, match_expert_stages
-from ka2er_core.training.amalgamate import (STUDENT_FACTORS, STUDENT_STAGES, AmalgamatedStudent,
+from ka2er_core.training.amalgamate import (AmalgamatedStudent,
                                             AmalgamationSampler, AmalgamationStep)
 from ka2er_core.training.promptable import CropSampler, load_training_items, starting_model
 from ka2er_core.training.soft_labels import ExpertSoftLabels
@@ -210,11 +210,13 @@ def test_soft_items_count_soft_label_weight_in_the_segmentation_losses(partial):
                         soft_labels=ExpertSoftLabels([expert]))
     sampler = AmalgamationSampler(crops, [expert])
     batch = next(b for b in (sampler(s, np.random.default_rng(s)) for s in range(40)) if b["soft"].all())
-    channels = [h.shape[1] for h in start.model.image_encoder.backbone_features(
-        torch.zeros(1, 1, 64, 64, 64))]
+    channels = [h.shape[1] for h in start.model.stages(torch.zeros(1, 1, 64, 64, 64))]
+    layout = start.model.layout
+    factors = [layout.stage_factors[s] for s in layout.amalgamated]
     expert_channels = [[expert.plan.filters[i]
-                        for i in match_expert_stages(STUDENT_FACTORS, expert.plan.stage_factors)]]
-    layer = AmalgamationLayer([channels[s] for s in STUDENT_STAGES], expert_channels, hidden=16, heads=2)
+                        for i in match_expert_stages(factors, expert.plan.stage_factors)]]
+    layer = AmalgamationLayer([channels[s] for s in layout.amalgamated], expert_channels, hidden=16,
+                              heads=2)
     trainable = AmalgamatedStudent(start.model, layer)
     results = {}
     for weight in (0.0, 1.0):

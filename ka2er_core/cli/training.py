@@ -121,7 +121,8 @@ def add_training_commands(commands: argparse._SubParsersAction) -> None:
     train = commands.add_parser(
         "train", help="train the general promptable model on dataset folders",
         description="Train the promptable model with simulated clicks and boxes on nnU-Net v2 / MSD "
-        "dataset folders (one task per folder). Resumes from OUT/checkpoint; writes a bundle to OUT. "
+        "dataset folders (one task per folder); a points-only model (--init an imported SAM-Med3D) "
+        "gets clicks only, and a target only a box names is left out. Resumes from OUT/checkpoint; writes a bundle to OUT. "
         "Runs under torchrun for several processes (DDP).")
     add_promptable_training_arguments(train)
     train.set_defaults(run=run_train)
@@ -131,7 +132,9 @@ def add_training_commands(commands: argparse._SubParsersAction) -> None:
         description="KA2ER: every crop goes to the student and to every frozen expert; the "
         "amalgamation layer merges their features (attention within the student, across experts at "
         "each location, across scales); losses: segmentation on the amalgamated and on the student's "
-        "own features, and feature distillation. Writes the student alone as a bundle to OUT. "
+        "own features, and feature distillation. The student may be an imported SAM-Med3D (--init): "
+        "every expert stage is resampled onto its one token grid. Writes the student alone as a "
+        "bundle to OUT. "
         "Resumes from OUT/checkpoint; runs under torchrun for several processes (DDP).")
     add_promptable_training_arguments(amalgamate)
     amalgamate.add_argument("--expert", required=True, action="append", type=Path,
@@ -150,7 +153,8 @@ def add_training_commands(commands: argparse._SubParsersAction) -> None:
     finetune = commands.add_parser(
         "finetune", help="fine-tune a promptable bundle on one task (a member for train-gate)",
         description="Supervised fine-tuning of BUNDLE's promptable model on one dataset folder (one "
-        "task), with the same simulated boxes and clicks as ka2er train and the bundle's spacings. "
+        "task), with the same simulated boxes and clicks as ka2er train (clicks only for a "
+        "points-only model, such as an imported SAM-Med3D) and the bundle's spacings. "
         "Writes a promptable bundle to OUT, a frozen task member for ka2er train-gate. Resumes from "
         "OUT/checkpoint; runs under torchrun for several processes (DDP).")
     finetune.add_argument("--bundle", required=True, type=Path, help="general promptable bundle")
@@ -173,7 +177,8 @@ def add_training_commands(commands: argparse._SubParsersAction) -> None:
         "task is held out to choose the selection threshold (top-1 member above it, else the "
         "general model). Writes a moe bundle to OUT. Resumes from OUT/checkpoint; runs under "
         "torchrun for several processes (DDP).")
-    gate.add_argument("--general", required=True, type=Path, help="the general promptable bundle")
+    gate.add_argument("--general", required=True, type=Path,
+                      help="the general promptable bundle (ours, or an imported SAM-Med3D)")
     gate.add_argument("--member", required=True, action="append", type=Path,
                       help="task member bundle, named after its folder (repeat)")
     gate.add_argument("--dataset", required=True, action="append", type=Path,

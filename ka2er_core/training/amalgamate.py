@@ -1,16 +1,21 @@
 """KA2ER training: a promptable student learns from frozen task experts through the amalgamation layer.
 
 Every crop is seen by the student and by every expert (all tasks' images go to all experts). The
-student's three coarsest backbone stages (1/8, 1/16, 1/32 of the crop) and the experts' matching
-encoder stages meet in the :class:`~ka2er_core.modeling.amalgamation.AmalgamationLayer`, whose
-output, the gold amalgamated features, replaces those stages before the student's encoder head and
-mask decoder. Loss = prompted segmentation on the gold features + the same on the student's own
-features + a distillation term pulling the student's projected features to the gold ones; optionally,
-on partially labelled data, soft-label distillation: crops of targets a case leaves unannotated, with
+student's amalgamated stages (its :class:`~ka2er_core.modeling.protocols.EmbeddingLayout`'s
+``amalgamated``) and the experts' encoder stages meet in the
+:class:`~ka2er_core.modeling.amalgamation.AmalgamationLayer`, whose output, the gold amalgamated
+features, replaces those stages before the student makes its embedding and decodes. The Swin student
+amalgamates its three coarsest backbone stages (1/8, 1/16, 1/32 of the crop), each with the experts'
+nearest stage; a ViT student (an imported SAM-Med3D) its one token grid, onto which every stage of
+every expert is resampled (:func:`~ka2er_core.modeling.amalgamation.expert_sources`). Loss =
+prompted segmentation on the gold features + the same on the student's own features + a
+distillation term pulling the student's projected features to the gold ones; optionally, on
+partially labelled data, soft-label distillation: crops of targets a case leaves unannotated, with
 the expert's soft label of them as truth (:mod:`~ka2er_core.training.soft_labels`), their
 segmentation losses weighted by ``soft_label_weight``. Only the student and the layer train; the
 saved bundle holds the student alone, which runs in
-:class:`~ka2er_core.inference.InteractiveSession` with no expert loaded.
+:class:`~ka2er_core.inference.InteractiveSession` with no expert loaded. A points-only student is
+trained on click-first prompts only.
 """
 
 from __future__ import annotations
@@ -25,10 +30,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..geometry import crop_grid, resample
-from ..modeling import ModelConfig, PromptableSegmenter
-from ..modeling.amalgamation import AmalgamationLayer, match_expert_stages
+from ..modeling import ModelConfig
+from ..modeling.amalgamation import AmalgamationLayer, expert_sources
 from ..modeling.expert import TaskExpert
 from ..modeling.normalization import Normalization
+from ..modeling.protocols import PromptableModel
 from ..volume import Grid
 from .loop import LoopConfig, train_loop
 from .promptable import (CropSampler, collate, load_training_items, prompted_loss, save_student,
@@ -36,14 +42,10 @@ from .promptable import (CropSampler, collate, load_training_items, prompted_los
 from .samples import CropSample
 from .soft_labels import ExpertSoftLabels
 
-STUDENT_STAGES = (2, 3, 4)  # backbone stages amalgamated: 1/8, 1/16 and 1/32 of the crop
-STUDENT_FACTORS = (8, 16, 32)
-
-
 class AmalgamatedStudent(nn.Module):
     """What trains and is checkpointed: the promptable student and the amalgamation layer."""
 
-    def __init__(self, student: PromptableSegmenter, layer: AmalgamationLayer):
+    def __init__(self, student: PromptableModel, layer: AmalgamationLayer):
         super().__init__()
         self.student, self.layer = student, layer
 
@@ -65,8 +67,8 @@ class AmalgamationStep(nn.Module):
         super().__init__()
         self.trainable = trainable
         self.experts = nn.ModuleList(experts).requires_grad_(False).eval()
-        self.stages = [match_expert_stages(STUDENT_FACTORS, expert.plan.stage_factors)
-                       for expert in experts]
+        self.scales, self.sources = student_scales(trainable.student, experts)
+        self.pool = len(self.scales) == 1  # every expert stage onto one grid: finer ones pooled
         self.distill_weight = distill_weight
         self.soft_label_weight = soft_label_weight
 
@@ -75,32 +77,30 @@ class AmalgamationStep(nn.Module):
         self.experts.eval()  # frozen: no dropout, no running statistics updates
         return self
 
-    def expert_features(self, expert_images, expert_ratios, student_hidden) -> list[list[torch.Tensor]]:
-        """Per expert, its matched stages for the batch, each sampled on the student's grid at that
-        scale: [e][s] (B, C_es, Ds, Hs, Ws). Items run one by one (their expert grids differ)."""
-        features = []
+    def expert_features(self, expert_images, expert_ratios, student_stages) -> list[list[torch.Tensor]]:
+        """Per source (see :func:`student_scales`), its expert's stage for each amalgamated scale,
+        sampled on the student's grid of that scale: [source][s] (B, C, Ds, Hs, Ws). Items run one
+        by one (their expert grids differ)."""
+        sizes = [student_stages[s].shape[2:] for s in self.scales]
         with torch.no_grad():
-            for expert, stages, images, ratios in zip(self.experts, self.stages, expert_images,
-                                                       expert_ratios):
-                per_item = [expert.features(image) for image in images]
-                features.append([
-                    torch.cat([on_student_grid(item[stage], student_hidden[s].shape[2:], ratio)
-                               for item, ratio in zip(per_item, ratios)])
-                    for stage, s in zip(stages, STUDENT_STAGES)])
-        return features
+            per_expert = [[expert.features(image) for image in images]
+                          for expert, images in zip(self.experts, expert_images)]
+            return [[torch.cat([on_student_grid(item[stage], size, ratio, self.pool)
+                                for item, ratio in zip(per_expert[e], expert_ratios[e])])
+                     for stage, size in zip(stages, sizes)]
+                    for e, stages in self.sources]
 
     def forward(self, images, expert_images, expert_ratios, truths, coords, labels,
                 start_masks=None, extra_clicks: int = 0, soft=None):
         student, layer = self.trainable.student, self.trainable.layer
-        encoder = student.image_encoder
-        hidden = encoder.backbone_features(images)
-        amalgamated = layer([hidden[s] for s in STUDENT_STAGES],
-                            self.expert_features(expert_images, expert_ratios, hidden))
-        gold_hidden = list(hidden)
-        for s, gold in zip(STUDENT_STAGES, amalgamated.gold):
-            gold_hidden[s] = gold
-        own = encoder.from_hidden(images, hidden)
-        gold = encoder.from_hidden(images, gold_hidden)
+        stages = student.stages(images)
+        amalgamated = layer([stages[s] for s in self.scales],
+                            self.expert_features(expert_images, expert_ratios, stages))
+        gold_stages = list(stages)
+        for s, gold in zip(self.scales, amalgamated.gold):
+            gold_stages[s] = gold
+        own = student.embed_from_stages(images, stages)
+        gold = student.embed_from_stages(images, gold_stages)
         coords, labels, previous = simulate_prompts(student, own, truths, coords, labels,
                                                     start_masks, extra_clicks)
         label_weights = None if soft is None else \
@@ -118,9 +118,26 @@ class AmalgamationStep(nn.Module):
         return gold_loss + own_loss + self.distill_weight * distill, metrics
 
 
-def on_student_grid(feature: torch.Tensor, size: Sequence[int], ratio: Sequence[float]) -> torch.Tensor:
+def student_scales(student: PromptableModel, experts: Sequence[TaskExpert]
+                   ) -> tuple[tuple[int, ...], list[tuple[int, list[int]]]]:
+    """The student's amalgamated stages and the layer's sources: (expert index, its stage per
+    amalgamated scale), as :func:`~ka2er_core.modeling.amalgamation.expert_sources` matches them."""
+    layout = student.layout
+    factors = [layout.stage_factors[s] for s in layout.amalgamated]
+    return layout.amalgamated, expert_sources(factors, [e.plan.stage_factors for e in experts])
+
+
+def on_student_grid(feature: torch.Tensor, size: Sequence[int], ratio: Sequence[float],
+                    pool: bool = False) -> torch.Tensor:
     """Sample an expert feature map (1, C, D', H', W') whose grid shares the crop's centre and spans
-    1 / ``ratio`` (i, j, k) of the crop's extent, at the voxel centres of the student's (D, H, W) grid."""
+    1 / ``ratio`` (i, j, k) of the crop's extent, at the voxel centres of the student's (D, H, W) grid.
+    ``pool``: first average the map down to about the student grid's cell size where it is finer
+    (an expert's full-resolution stage on a ViT's token grid), so that sampling does not alias."""
+    if pool:
+        cells = [math.ceil(n / float(r)) for n, r in zip(size, list(ratio)[::-1])]  # (D, H, W)
+        pooled = [min(have, want) for have, want in zip(feature.shape[2:], cells)]
+        if pooled != list(feature.shape[2:]):
+            feature = F.adaptive_avg_pool3d(feature, pooled)
     theta = torch.zeros(1, 3, 4, dtype=feature.dtype, device=feature.device)
     theta[0, :, :3] = torch.diag(torch.as_tensor(ratio, dtype=feature.dtype))  # x, y, z = i, j, k
     grid = F.affine_grid(theta, (1, feature.shape[1], *size), align_corners=False)
@@ -203,19 +220,15 @@ def amalgamate(folders: Sequence, expert_paths: Sequence, out: Path, *, steps: i
     start = starting_model(config, init, base_spacing, max_spacing)
     model, normalization = start.model, start.normalization
     items, targets = load_training_items(folders, normalization, progress, target_weights)
-    with torch.no_grad():  # channels of every source, read off one forward pass of a tiny input
-        size = model.config.crop_size
-        student_channels = [model.image_encoder.backbone_features(
-            torch.zeros(1, model.config.in_channels, size, size, size))[s].shape[1]
-            for s in STUDENT_STAGES]
-    expert_channels = [[expert.plan.filters[stage] for stage in
-                        match_expert_stages(STUDENT_FACTORS, expert.plan.stage_factors)]
-                       for expert in experts]
+    scales, sources = student_scales(model, experts)
+    student_channels = [model.layout.stage_channels[s] for s in scales]
+    expert_channels = [[experts[e].plan.filters[stage] for stage in stages] for e, stages in sources]
     trainable = AmalgamatedStudent(model, AmalgamationLayer(student_channels, expert_channels,
                                                             hidden=hidden, heads=heads))
     soft_labels = ExpertSoftLabels(experts) if soft_label_weight > 0 else None
     crops = CropSampler(items, targets, normalization, start.crop_size, start.base_spacing,
-                        start.max_spacing, batch_size, soft_labels=soft_labels)
+                        start.max_spacing, batch_size, soft_labels=soft_labels,
+                        prompt_types=model.PROMPT_TYPES)
     if progress and soft_labels is not None:
         partial = [item for item in items if item.unannotated]
         covered = sum(all(soft_labels.covers(item, t.values) for t in targets if t.task == item.task)
@@ -228,7 +241,9 @@ def amalgamate(folders: Sequence, expert_paths: Sequence, out: Path, *, steps: i
     save_student(out, start, folders, targets, len(items),
                  {"method": "KA2ER amalgamation: gold-feature and own-feature segmentation, "
                             "feature distillation" + (", expert soft labels" if soft_labels else "")
-                            + (f", from {init}" if init else ""),
+                            + (f", from {init}" if init else "")
+                            + ("" if "box" in model.PROMPT_TYPES else ", click-first prompts"),
+                  "amalgamated_scales": len(scales), "amalgamation_sources": len(sources),
                   "experts": [f"{e.plan.task} ({Path(p).name})" for e, p in zip(experts, expert_paths)],
                   "distill_weight": distill_weight, "soft_label_weight": soft_label_weight,
                   "batch_size": batch_size, **summary})

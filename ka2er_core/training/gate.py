@@ -28,8 +28,8 @@ from ..bundle import BundleError, Segmenter, load_bundle, save_moe_bundle
 from ..bundle.schema import GATE_WEIGHTS, check_shared_settings
 from ..bundle.store import member_entry
 from ..errors import DatasetError
-from ..modeling import PromptableSegmenter
 from ..modeling.gate import Gate, route
+from ..modeling.protocols import PromptableModel, common_prompt_types
 from .loop import LoopConfig, distributed_context, train_loop
 from .losses import dice_score
 from .promptable import CropSampler, load_training_items, simulate_prompts
@@ -64,7 +64,7 @@ class GateLoss(nn.Module):
 
 
 @torch.no_grad()
-def score_members(members: Sequence[PromptableSegmenter], gate: Gate, batch: dict,
+def score_members(members: Sequence[PromptableModel], gate: Gate, batch: dict,
                   device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """Gate features (B, F) and every member's Dice (B, M) on a :class:`~.promptable.CropSampler`
     batch. The general model (first) simulates the clicks every member then answers."""
@@ -84,7 +84,7 @@ class ScoredCrops:
     """Batch function for :class:`GateLoss`: every ``reuse`` steps a fresh batch of ``sampler``,
     scored by every (frozen) member and kept; in between, a random draw of the kept crops."""
 
-    def __init__(self, sampler: CropSampler, members: Sequence[PromptableSegmenter], gate: Gate,
+    def __init__(self, sampler: CropSampler, members: Sequence[PromptableModel], gate: Gate,
                  reuse: int, device: torch.device):
         self.sampler, self.gate, self.reuse, self.device = sampler, gate, reuse, device
         self.members = [member.to(device).eval().requires_grad_(False) for member in members]
@@ -151,10 +151,12 @@ def choose_threshold(gate: Gate, scored: ScoredCrops, crops: int, seed: int) -> 
 def scored_crops(segmenters: Sequence[Segmenter], gate: Gate, cases: Sequence[LabelledImage],
                  targets: Sequence, prompts: str, batch_size: int, reuse: int,
                  device: torch.device) -> ScoredCrops:
-    """Crops of ``cases`` with ``prompts`` (a :data:`PROMPT_SETS` name), scored by every member."""
+    """Crops of ``cases`` with ``prompts`` (a :data:`PROMPT_SETS` name), scored by every member;
+    first prompts of the kinds every member takes (clicks only when one takes points only)."""
     head = segmenters[0]
     sampler = CropSampler(cases, targets, head.normalization, head.crop_size, head.base_spacing,
-                          head.max_spacing, batch_size, **PROMPT_SETS[prompts])
+                          head.max_spacing, batch_size, **PROMPT_SETS[prompts],
+                          prompt_types=common_prompt_types(m.model for m in segmenters))
     return ScoredCrops(sampler, [m.model for m in segmenters], gate, reuse, device)
 
 

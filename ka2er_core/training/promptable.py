@@ -13,9 +13,10 @@ from scipy import ndimage
 from torch import nn
 
 from ..errors import DatasetError
-from ..modeling import ImageEmbedding, ModelConfig, PromptableSegmenter
+from ..modeling import ModelConfig, PromptableSegmenter
 from ..modeling.normalization import Normalization, image_modality, subsample
 from ..modeling.prompt_encoder import NEGATIVE, PAD, POSITIVE
+from ..modeling.protocols import Embedding, PromptableModel
 from ..modelspace.clicks import first_prompts, next_click
 from .loop import LoopConfig, distributed_context, train_loop
 from .losses import dice_score, per_item_dice_bce, weighted_mean
@@ -43,7 +44,7 @@ class PromptableStep(nn.Module):
     sees the clicks without the previous mask (the model must not lean on it alone).
     """
 
-    def __init__(self, model: PromptableSegmenter):
+    def __init__(self, model: PromptableModel):
         super().__init__()
         self.model = model
 
@@ -58,7 +59,7 @@ class PromptableStep(nn.Module):
         return loss, {"dice": dice.mean().detach()}
 
 
-def simulate_prompts(model: PromptableSegmenter, embedding: ImageEmbedding, truths, coords, labels,
+def simulate_prompts(model: PromptableModel, embedding: Embedding, truths, coords, labels,
                      start_masks=None, extra_clicks: int = 0):
     """The prompts and previous mask the trained prediction sees: the first prompts, then (without
     gradient) rounds of predict-then-click at the largest error; a damaged start mask to correct
@@ -76,7 +77,7 @@ def simulate_prompts(model: PromptableSegmenter, embedding: ImageEmbedding, trut
     return coords, labels, previous
 
 
-def prompted_loss(model: PromptableSegmenter, embedding: ImageEmbedding, coords, labels, previous,
+def prompted_loss(model: PromptableModel, embedding: Embedding, coords, labels, previous,
                   truths, weights: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Dice + BCE of the decoded mask plus the IoU head's error, each item's times its weight (B,)
     (default 1); returns (loss, hard Dice (B,))."""
@@ -156,12 +157,16 @@ class CropSampler:
 
     A target a case leaves unannotated (partially labelled data) is drawn for it only with
     ``soft_labels`` that cover it; its crop's truth is then the soft label (``CropSample.soft``).
+    ``prompt_types``: the prompts the model takes (its ``PROMPT_TYPES``). Without "box" every
+    target starts with a click, and a target only a box identifies (a region made of other targets,
+    see :func:`~ka2er_core.modelspace.clicks.first_prompts`) is not drawn.
     """
 
     def __init__(self, items: Sequence[LabelledImage], targets: Sequence[TargetSpec],
                  normalization: Normalization, crop_size: int, base_spacing: float,
                  max_spacing: float, batch_size: int, max_extra_clicks: int = 4,
-                 correct_probability: float = 0.25, soft_labels: Optional[ExpertSoftLabels] = None):
+                 correct_probability: float = 0.25, soft_labels: Optional[ExpertSoftLabels] = None,
+                 prompt_types: Sequence[str] = ("point", "box")):
         self.items, self.targets = list(items), list(targets)
         self.normalization = normalization
         self.crop = (crop_size, base_spacing, max_spacing)
@@ -169,6 +174,7 @@ class CropSampler:
         self.max_extra_clicks = max_extra_clicks
         self.correct_probability = correct_probability
         self.soft_labels = soft_labels
+        self.first_kinds = frozenset({"click"} | ({"box"} if "box" in prompt_types else set()))
         self._first: dict[int, dict] = {}  # item index -> target name -> first prompts
         self._draw: dict[str, tuple[list[TargetSpec], np.ndarray]] = {}
         for task in {t.task for t in self.targets}:  # per task: its targets, their probabilities
@@ -179,6 +185,12 @@ class CropSampler:
                    if t.weight > 0):
             raise DatasetError("no training case annotates a target that may be drawn (see "
                                "annotated_labels and target_weights)", field="annotated_labels")
+        if "box" not in self.first_kinds and not any(
+                self.first_prompts(index).get(t.name) for index, item in enumerate(self.items)
+                for t in self._draw[item.task][0] if t.weight > 0):
+            raise DatasetError("the model takes points only, and a click identifies none of the "
+                               "targets that may be drawn (each is a region made of others, which "
+                               "only a box names)", field="target_weights")
 
     def drawable(self, item: LabelledImage, target: TargetSpec) -> bool:
         """Whether ``item`` annotates ``target``, or soft labels fill in what it does not."""
@@ -193,7 +205,9 @@ class CropSampler:
                        if t.task == item.task and self.drawable(item, t)}
             label = (self.soft_labels.completed_label(item)
                      if item.unannotated and self.soft_labels is not None else item.label.array)
-            self._first[index] = first_prompts(label, targets)
+            self._first[index] = {name: kinds & self.first_kinds
+                                  for name, kinds in first_prompts(label, targets).items()
+                                  if kinds & self.first_kinds}
         return self._first[index]
 
     def sample(self, rng: np.random.Generator) -> CropSample:
@@ -306,11 +320,13 @@ def train_promptable(folders: Sequence, out: Path, *, steps: int, batch_size: in
     torch.manual_seed(seed)
     start = starting_model(config, init, base_spacing, max_spacing)
     items, targets = load_training_items(folders, start.normalization, progress, target_weights)
+    prompt_types = start.model.PROMPT_TYPES
     sampler = CropSampler(items, targets, start.normalization, start.crop_size, start.base_spacing,
-                          start.max_spacing, batch_size)
+                          start.max_spacing, batch_size, prompt_types=prompt_types)
     loop = LoopConfig(steps=steps, lr=lr, seed=seed, checkpoint_every=max(10, min(200, steps // 10)))
     summary = train_loop(PromptableStep(start.model), start.model, sampler, loop, Path(out), progress)
-    method = "promptable, iterative click simulation"
+    method = "promptable, iterative click simulation" + (
+        "" if "box" in prompt_types else ", click-first prompts (the model takes points only)")
     save_student(out, start, folders, targets, len(items),
                  {"method": method + (f", fine-tuned from {init}" if init else ""),
                   "batch_size": batch_size, **({"target_weights": dict(target_weights)}

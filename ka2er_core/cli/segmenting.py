@@ -41,16 +41,20 @@ def run_evaluate(args: argparse.Namespace) -> int:
         methods = {"random walker": "baseline"}
     elif args.baseline:
         methods["random walker"] = "baseline"
+    if args.protocol == "cvpr25" and args.first != "auto":
+        raise Ka2erError("the cvpr25 protocol starts with its own box (mid-slice box and z-range); "
+                         "--first is for the default protocol", field="--first")
+    prompts = args.prompts or (6 if args.protocol == "cvpr25" else 5)
     label_map = parse_label_map(args.label_map)
     if label_map:
         check_label_map(label_map, [b for b in methods.values() if b != "baseline"], args.dataset)
     reports = {}
     for name, bundle in methods.items():
         reports[name] = evaluate_bundle(
-            None if bundle == "baseline" else bundle, args.dataset, args.prompts, first=args.first,
+            None if bundle == "baseline" else bundle, args.dataset, prompts, first=args.first,
             split=args.split, device=args.device, max_cases=args.max_cases,
             progress=progress_printer(f"evaluate {name}"), baseline=bundle == "baseline",
-            refine=args.refine, label_map=label_map)
+            refine=args.refine, label_map=label_map, protocol=args.protocol)
     experts = [name for name, report in reports.items() if report["settings"]["first"] == "automatic"]
     if len(experts) > 1:  # one column for the task experts, each on its own task
         reports = {"task experts": merge_reports([reports[name] for name in experts]),
@@ -167,8 +171,13 @@ def add_segmenting_commands(commands: argparse._SubParsersAction) -> None:
                                "which also writes comparison.md/.json/.png")
     evaluate.add_argument("--dataset", required=True, action="append", type=Path,
                           help="dataset folder (repeat for several tasks)")
-    evaluate.add_argument("--prompts", "--clicks", type=positive_int, default=5,
-                          help="prompts per target (default 5)")
+    evaluate.add_argument("--prompts", "--clicks", type=positive_int, default=None,
+                          help="prompts per target (default 5; cvpr25: 6, the box and 5 clicks)")
+    evaluate.add_argument("--protocol", choices=("default", "cvpr25"), default="default",
+                          help="default: the protocol above; cvpr25: the CVPR 2025 interactive 3D "
+                               "challenge's: a 3D box from the target's middle-slice 2D box and its "
+                               "z-range, then clicks at the distance-transform centre of the largest "
+                               "error; adds DSC AUC, NSD AUC (2 mm), final DSC and final NSD")
     evaluate.add_argument("--first", choices=("auto", "box", "click"), default="auto",
                           help="first prompt: a box, a click, or auto (default): a box when it "
                                "identifies the target, a click for nested targets that share the "

@@ -17,7 +17,11 @@ from ..data.msd import Dataset, load_dataset
 from ..errors import DatasetError, Ka2erError, PromptError
 from ..io.atomic import atomic_write
 from ..modelspace.clicks import first_prompts
+from . import cvpr25
+from .comparison import compare, describe_skipped, format_comparison, write_comparison  # noqa: F401
 from .protocol import first_prompt, run_protocol
+
+PROTOCOLS = ("default", "cvpr25")
 
 
 def load_datasets(folders: Sequence, split: str) -> list[Dataset]:
@@ -48,7 +52,8 @@ def load_datasets(folders: Sequence, split: str) -> list[Dataset]:
 def evaluate_bundle(bundle_path, folders: Sequence, prompts: int, first: str = "auto",
                     split: str = "test", device: str = "auto", max_cases: Optional[int] = None,
                     progress: Optional[Callable[[str], None]] = None, baseline: bool = False,
-                    refine: bool = False, label_map: Optional[Mapping[str, str]] = None) -> dict:
+                    refine: bool = False, label_map: Optional[Mapping[str, str]] = None,
+                    protocol: str = "default") -> dict:
     """Run the protocol for every target of every case that annotates it; returns the report (see
     :func:`summarise`).
 
@@ -59,8 +64,10 @@ def evaluate_bundle(bundle_path, folders: Sequence, prompts: int, first: str = "
     session refines zoomed-out answers with base-spacing tiles
     (:class:`~ka2er_core.inference.InteractiveSession` ``refine``). ``label_map`` {expert label:
     dataset label} is for task experts (:func:`evaluate_expert`). ``split`` "test" needs labelled
-    test cases in every folder (:func:`load_datasets`).
+    test cases in every folder (:func:`load_datasets`). ``protocol`` "cvpr25": the CVPR 2025
+    challenge's box and clicks and its metrics (:mod:`~ka2er_core.evaluation.cvpr25`; ``first`` unused).
     """
+    challenge = protocol == "cvpr25"
     if baseline:
         from .baseline import RandomWalkerSession
 
@@ -71,16 +78,20 @@ def evaluate_bundle(bundle_path, folders: Sequence, prompts: int, first: str = "
 
         bundle = load_bundle(bundle_path)
         if isinstance(bundle.default, Expert):
+            if challenge:
+                raise Ka2erError(f"{bundle_path} is a task expert (no prompts): the cvpr25 protocol "
+                                 "scores promptable bundles", field="--protocol")
             return evaluate_expert(bundle.default, bundle_path, folders, prompts, split, device,
                                    max_cases, progress, label_map=label_map)
         datasets = load_datasets(folders, split)
         session = InteractiveSession(bundle, device=device, refine=refine)
-        if first == "box" and "box" not in session.prompt_types:
+        if first == "box" and not challenge and "box" not in session.prompt_types:
             raise PromptError(f"{bundle_path} takes points only: evaluate it with --first click or "
                               "auto", field="--first")
     if baseline:
         datasets = load_datasets(folders, split)
     runs, skipped = [], []
+    rng = np.random.RandomState(cvpr25.BOX_SEED)  # the challenge's seeded box margins
     for dataset in datasets:
         cases = dataset.test_cases if split == "test" else dataset.cases
         scored = set()
@@ -95,9 +106,13 @@ def evaluate_bundle(bundle_path, folders: Sequence, prompts: int, first: str = "
             for name, values in targets.items():
                 if name not in identifying:  # absent from this case
                     continue
-                kind = first_prompt(first, identifying[name], session.prompt_types)
                 truth = np.isin(label.array, values)
-                run = run_protocol(session, images[0], truth, prompts, kind, target=name)
+                if challenge:
+                    run = cvpr25.run_cvpr25(session, images[0], truth, prompts, name, rng)
+                    kind = run.prompts[0]
+                else:
+                    kind = first_prompt(first, identifying[name], session.prompt_types)
+                    run = run_protocol(session, images[0], truth, prompts, kind, target=name)
                 runs.append({"task": dataset.name, "case": case.case_id, "target": name,
                              "first": kind, **run.to_dict()})
                 scored.add(name)
@@ -108,7 +123,8 @@ def evaluate_bundle(bundle_path, folders: Sequence, prompts: int, first: str = "
                      "reason": "absent from (or not annotated in) every case scored"}
                     for name in dataset.labels if name not in scored]
     return summarise(runs, {"bundle": "random walker" if baseline else str(bundle_path),
-                            "prompts": prompts, "first": first, "split": split,
+                            "prompts": prompts, "first": "box" if challenge else first,
+                            "split": split, **({"protocol": protocol} if challenge else {}),
                             **({"refine": True} if refine and not baseline else {})}, skipped)
 
 
@@ -238,19 +254,9 @@ def summarise(runs: list[dict], settings: dict, skipped: Sequence[dict] = ()) ->
             "noc90": float(np.mean([g["noc90"] or len(g["dice"]) + 1 for g in group])),
             "latency_ms_median": float(np.median(latencies)) if latencies else None,
             "latency_ms_p95": float(np.percentile(latencies, 95)) if latencies else None,
+            **cvpr25.summarise_metrics(group),
         })
     return {"settings": settings, "summary": summary, "runs": runs, "skipped": list(skipped)}
-
-
-def describe_skipped(entry: dict) -> str:
-    """One skipped entry as a line: ``[method: ][bundle folder: ]task[: target or label]: reason``."""
-    where = [entry[key] if key != "bundle" else Path(entry[key]).name
-             for key in ("method", "bundle", "task") if key in entry]
-    if "target" in entry:
-        where.append(entry["target"])
-    elif "label" in entry:
-        where.append(f"expert label {entry['label']}")
-    return ": ".join([*where, entry["reason"]])
 
 
 def write_report(report: dict, out_dir) -> tuple[Path, Path]:
@@ -289,7 +295,8 @@ def format_table(report: dict) -> str:
         latency = row["latency_ms_median"]
         lines.append(f"{row['task']:<22} {row['target']:<14} n={row['cases']:<3} Dice {curve}  "
                      f"NoC85 {row['noc85']:.1f} NoC90 {row['noc90']:.1f}  "
-                     + ("median n/a" if latency is None else f"median {latency:.0f} ms"))
+                     + ("median n/a" if latency is None else f"median {latency:.0f} ms")
+                     + cvpr25.format_metrics(row))
     lines += [f"skipped: {describe_skipped(entry)}" for entry in report.get("skipped", ())]
     return "\n".join(lines)
 
@@ -302,97 +309,3 @@ def merge_reports(reports: Sequence[dict]) -> dict:
                for entry in report.get("skipped", ())  # a dataset another one scored is no gap
                if "target" in entry or "label" in entry or entry["task"] not in scored]
     return summarise([run for report in reports for run in report["runs"]], settings, skipped)
-
-
-def compare(reports: dict[str, dict], at: Optional[Sequence[int]] = None) -> dict:
-    """Several methods' reports side by side: mean Dice per task and target at ``at`` prompts
-    (default 1, 3 and 5, as far as the reports go), and each method's mean over the targets every
-    method has; a method without a value for a target has None there (printed "n/a"). ``skipped``
-    lists what each method did not score, and why."""
-    if at is None:
-        prompts = min(report["settings"]["prompts"] for report in reports.values())
-        at = [n for n in (1, 3, 5) if n <= prompts] or [prompts]
-    rows: dict[tuple[str, str], dict[str, list]] = {}
-    for method, report in reports.items():
-        for row in report["summary"]:
-            curve = row["mean_dice"]
-            rows.setdefault((row["task"], row["target"]), {})[method] = [
-                curve[min(n, len(curve)) - 1] for n in at]
-    shared = [key for key, by_method in rows.items() if len(by_method) == len(reports)]
-
-    def means(keys):
-        return {method: [float(np.mean([rows[key][method][i] for key in keys])) if keys else None
-                         for i in range(len(at))] for method in reports}
-    tasks = sorted({task for task, _ in shared})
-    return {"at": list(at), "methods": list(reports),
-            "rows": [{"task": task, "target": target, "dice": by_method}
-                     for (task, target), by_method in sorted(rows.items())],
-            "task_means": {task: means([k for k in shared if k[0] == task]) for task in tasks},
-            "mean_over_shared_targets": means(shared), "shared_targets": len(shared),
-            "skipped": [{"method": method, **entry} for method, report in reports.items()
-                        for entry in report.get("skipped", ())]}
-
-
-def format_comparison(comparison: dict) -> str:
-    """Markdown table: one row per task and target, one column per method, Dice at each count."""
-    at = "/".join(str(n) for n in comparison["at"])
-    noun = "prompt" if comparison["at"] == [1] else "prompts"
-    methods = comparison["methods"]
-    lines = ["| task: target | " + " | ".join(f"{m} (Dice at {at} {noun})" for m in methods) + " |",
-             "| --- |" + " --- |" * len(methods)]
-
-    def cell(values):
-        if not values or all(v is None for v in values):
-            return "n/a"
-        return " / ".join("n/a" if v is None else f"{v:.3f}" for v in values)
-
-    for row in comparison["rows"]:
-        lines.append(f"| {row['task']}: {row['target']} | "
-                     + " | ".join(cell(row["dice"].get(m)) for m in methods) + " |")
-    for task, by_method in comparison.get("task_means", {}).items():
-        lines.append(f"| **mean, {task}** | " + " | ".join(cell(by_method[m]) for m in methods) + " |")
-    lines.append(f"| **mean over the {comparison['shared_targets']} targets all methods have** | "
-                 + " | ".join(cell(comparison["mean_over_shared_targets"][m]) for m in methods) + " |")
-    if comparison.get("skipped"):
-        lines += ["", "Not scored:"] + [f"- {describe_skipped(entry)}" for entry in comparison["skipped"]]
-    return "\n".join(lines)
-
-
-def write_comparison(reports: dict[str, dict], out_dir) -> tuple[Path, Path, Path]:
-    """``comparison.json`` (every report and the table), ``comparison.md`` and ``comparison.png``
-    (mean Dice at each prompt count, one panel per task and target, one line per method)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    out_dir = Path(out_dir)  # atomic_write makes the folder, or says in one line why it cannot
-    comparison = compare(reports)
-    paths = out_dir / "comparison.json", out_dir / "comparison.md", out_dir / "comparison.png"
-    with atomic_write(paths[0]) as tmp:
-        tmp.write_text(json.dumps({"comparison": comparison, "reports": reports}, indent=1) + "\n")
-    with atomic_write(paths[1]) as tmp:
-        tmp.write_text(format_comparison(comparison) + "\n")
-    rows = comparison["rows"]
-    columns = min(4, len(rows)) or 1
-    figure, axes = plt.subplots((len(rows) + columns - 1) // columns or 1, columns, dpi=100,
-                                figsize=(3.2 * columns, 2.6 * ((len(rows) + columns - 1) // columns or 1)),
-                                squeeze=False)
-    for axis, row in zip(axes.ravel(), rows):
-        for method in comparison["methods"]:
-            if method in row["dice"]:
-                axis.plot(comparison["at"], row["dice"][method], marker="o", label=method)
-        axis.set_title(f"{row['task']}: {row['target']}", fontsize=7)
-        axis.set_ylim(0, 1)
-        axis.grid(alpha=0.3)
-    for axis in axes.ravel()[len(rows):]:
-        axis.axis("off")
-    if rows:
-        axes.ravel()[0].legend(fontsize=6)
-    figure.supxlabel("prompts")
-    figure.supylabel("mean Dice")
-    figure.tight_layout()
-    with atomic_write(paths[2]) as tmp:
-        figure.savefig(tmp)
-    plt.close(figure)
-    return paths

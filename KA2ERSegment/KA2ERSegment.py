@@ -30,7 +30,7 @@ from KA2ERSegmentLib.dependencies import DependencyInstaller
 from KA2ERSegmentLib.errors import SceneError, describe_error
 from KA2ERSegmentLib.geometry import box_world, engine_volume, point_world
 from KA2ERSegmentLib.segments import read_segment, write_region
-from KA2ERSegmentLib.targets import TargetSync, seed_target
+from KA2ERSegmentLib.targets import TargetSync, seed_targets
 from KA2ERSegmentLib.worker import Job, Worker
 
 CHECKOUT = Path(__file__).resolve().parents[1]
@@ -71,6 +71,8 @@ class KA2ERSegmentParameterNode:
         not kept: a saved scene must not carry it).
     device - where a local model runs (auto: CUDA when available).
     member - which member of a mixture-of-experts bundle answers (auto: its gate decides).
+    overlap - whether a segment may take voxels of the segmentation's other segments (off: they are
+        background to every prompt and never overwritten).
     """
 
     volume: vtkMRMLScalarVolumeNode
@@ -79,6 +81,7 @@ class KA2ERSegmentParameterNode:
     source: str = ""
     device: Annotated[str, Choice(DEVICES)] = AUTO
     member: str = AUTO
+    overlap: bool = True
 
 
 # ---- Logic -------------------------------------------------------------------------------------
@@ -389,18 +392,26 @@ class KA2ERSegmentLogic(ScriptedLoadableModuleLogic, VTKObservationMixin):
     def _targetInStep(self):
         """What an edit's job does first, on the worker: make the target segment the session's
         target, started again from the segment's content if something other than this module
-        changed it (or the session never saw it). Also gives the session the parameter node's
-        volume if it changed. The segment is read here, on the GUI thread."""
-        segmentId = self._requireTarget()
+        changed it (or the session never saw it), with the other segments too when segments may
+        not overlap; set the session's overlap choice. Also gives the session the parameter node's
+        volume if it changed. The segments are read here, on the GUI thread."""
+        segmentId, overlap = self._requireTarget(), self.parameterNode.overlap
         self._followVolume()
         self._observeSegmentation(self.segmentationNode)
-        if self.targetSync.in_step(segmentId):
-            return lambda session: session.set_target(segmentId)
+        if self.targetSync.in_step(segmentId, others=not overlap):
+            return lambda session: seed_targets(session, segmentId, None, {}, overlap)
         if self.writesPending:  # results already asked for go into the segment before it is read
             self.worker.wait()
-        content = read_segment(self.segmentationNode, segmentId, self.imageNode)
-        self.targetSync.mirror(segmentId)
-        return lambda session: seed_target(session, segmentId, content)
+        segmentationNode, imageNode = self.segmentationNode, self.imageNode
+        content = read_segment(segmentationNode, segmentId, imageNode)
+        others = {} if overlap else {other: read_segment(segmentationNode, other, imageNode)
+                                     for other in self._segmentIds() if other != segmentId}
+        self.targetSync.mirror(segmentId, others=not overlap)
+        return lambda session: seed_targets(session, segmentId, content, others, overlap)
+
+    def _segmentIds(self) -> list[str]:
+        segmentation = self.segmentationNode.GetSegmentation()
+        return [segmentation.GetNthSegmentID(n) for n in range(segmentation.GetNumberOfSegments())]
 
     def _regionWriter(self):
         """A function writing a changed region into the target segment as it is now. The module's
@@ -590,7 +601,8 @@ class KA2ERSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def setParameterNode(self, inputParameterNode):
         """Show ``inputParameterNode`` (None: none). Widgets with a SlicerParameterName property
-        (volume, segmentation, device) are bound to it; the others are updated on its changes."""
+        (volume, segmentation, device, overlap) are bound to it; the others are updated on its
+        changes."""
         if self._parameterNode:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent,

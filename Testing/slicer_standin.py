@@ -626,8 +626,9 @@ class Choice:
 
 class _Parameter:
     """A typed member of a wrapped class, kept in the parameter node under its name: a str as a
-    parameter, a node as a node reference (and an empty parameter saying it is set), as Slicer's
-    StringSerializer and NodeSerializer do; other types are not imitated. Reading a member the node
+    parameter, a bool as "True" or "False", a node as a node reference (and an empty parameter
+    saying it is set), as Slicer's StringSerializer, BoolSerializer and NodeSerializer do; other
+    types are not imitated. Reading a member the node
     does not hold (a scene close reset it) writes the default first."""
 
     def __init__(self, name, hint, classtype):
@@ -635,9 +636,9 @@ class _Parameter:
         annotated = typing.get_origin(hint) is typing.Annotated
         self.type, *self.validators = typing.get_args(hint) if annotated else (hint,)
         self.is_node = isinstance(self.type, type) and issubclass(self.type, vtkMRMLNode)
-        if not (self.is_node or self.type is str):
+        if not (self.is_node or self.type in (str, bool)):
             raise NotImplementedError(f"the stand-in's parameterNodeWrapper cannot store {hint}")
-        self.default = getattr(classtype, name, None if self.is_node else "")
+        self.default = getattr(classtype, name, None if self.is_node else self.type())
 
     def write(self, parameterNode, value):
         if value is None and not self.is_node:
@@ -649,14 +650,18 @@ class _Parameter:
         if self.is_node:
             parameterNode.SetParameter(self.name, "")
             parameterNode.SetNodeReferenceID(self.name, None if value is None else value.GetID())
+        elif self.type is bool:  # as Slicer's BoolSerializer
+            parameterNode.SetParameter(self.name, "True" if value else "False")
         else:
             parameterNode.SetParameter(self.name, value)
 
     def read(self, parameterNode):
         if not parameterNode.HasParameter(self.name):
             self.write(parameterNode, self.default)
-        return (parameterNode.GetNodeReference(self.name) if self.is_node
-                else parameterNode.GetParameter(self.name))
+        if self.is_node:
+            return parameterNode.GetNodeReference(self.name)
+        value = parameterNode.GetParameter(self.name)
+        return value == "True" if self.type is bool else value
 
 
 def parameterNodeWrapper(classtype):

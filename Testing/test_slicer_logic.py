@@ -477,3 +477,27 @@ def test_server_mode_gives_the_local_segment_and_clear_errors(slicer):
     logic.worker.wait()
     assert len(logic.errors) == 1 and logic.errors[0].startswith("server unreachable")
     logic.worker.stop()
+
+
+def test_without_overlap_other_segments_are_background_to_a_click(slicer, logic):
+    """A segment painted outside the module over half of the ball: with overlap off (a choice kept
+    in the parameter node), a click on the ball gives the new segment the other half only, and
+    the painted segment is not touched; with overlap on the new segment takes the painted half."""
+    volume, _, ball, centre = oblique_ball_volume(slicer)
+    logic.setVolume(volume)
+    segmentation = logic.ensureSegmentation()
+    painted = ball.astype(np.uint8)
+    painted[:, :, :20] = 0
+    other = segmentation.GetSegmentation().AddEmptySegment("", "Painted")
+    slicer.util.updateSegmentBinaryLabelmapFromArray(painted, segmentation, other, volume)
+    positive, _, _ = logic.promptNodes()
+    for overlap in (False, True):
+        logic.parameterNode.overlap = overlap
+        segment_id = logic.setTarget("")
+        click(logic, positive, centre)
+        mask = segment_array(logic, segment_id)
+        shared = int((mask & painted).sum())
+        assert logic.errors == [] and mask.sum() > 0.2 * ball.sum()
+        assert shared == 0 if not overlap else shared > 0.5 * painted.sum()
+        np.testing.assert_array_equal(segment_array(logic, other), painted)
+    assert logic.parameterNode.parameterNode.GetParameter("overlap") == "True"

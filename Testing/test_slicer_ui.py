@@ -77,14 +77,20 @@ def parameter_members(monkeypatch):
 
 
 def offered(widget) -> tuple:
-    """What a .ui widget offers a parameter: node classes (a node combo box) or items (a combo box)."""
+    """What a .ui widget offers a parameter: node classes (a node combo box), a bool (a check box)
+    or items (a combo box)."""
     if widget.get("class") == "qMRMLNodeComboBox":
         return "nodes", tuple(s.text for s in widget.find("property[@name='nodeTypes']").iter("string"))
+    if widget.get("class") == "QCheckBox":  # Slicer's QCheckBoxToBoolConnector
+        return "bool", ()
     return "items", tuple(item.findtext("property[@name='text']/string") for item in widget.iter("item"))
 
 
 def needed(hint) -> tuple:
-    """What Slicer's connectGui needs for a member: its node class, or the choices of a str."""
+    """What Slicer's connectGui needs for a member: its node class, a check box for a bool, or
+    the choices of a str."""
+    if hint is bool:
+        return "bool", ()
     if typing.get_origin(hint) is not typing.Annotated:
         return "nodes", (hint.__name__,)
     return "items", tuple(choice for annotation in typing.get_args(hint)[1:]

@@ -26,18 +26,23 @@ class TargetSync:
     def __init__(self):
         self.mirrored: Optional[str] = None
         """The segment whose content the session's target holds (None: none is known to)."""
+        self.others = False
+        """Whether the session also holds the other segments' content as they are."""
         self._own_writes = 0
 
-    def in_step(self, segment_id: str) -> bool:
-        return self.mirrored is not None and self.mirrored == segment_id
+    def in_step(self, segment_id: str, others: bool = False) -> bool:
+        """Whether the session holds ``segment_id`` as it is, and with ``others`` the other
+        segments too."""
+        return self.mirrored is not None and self.mirrored == segment_id and (self.others or not others)
 
-    def mirror(self, segment_id: str) -> None:
-        """The session is being given ``segment_id``'s content as it is now."""
-        self.mirrored = segment_id
+    def mirror(self, segment_id: str, others: bool = False) -> None:
+        """The session is being given ``segment_id``'s content as it is now (and the other
+        segments' with ``others``)."""
+        self.mirrored, self.others = segment_id, others
 
     def forget(self) -> None:
         """The session may differ from every segment (a new session or image, a failed write)."""
-        self.mirrored = None
+        self.mirrored, self.others = None, False
 
     @contextmanager
     def own_write(self) -> Iterator[None]:
@@ -64,3 +69,19 @@ def seed_target(session, segment_id: str, content: np.ndarray) -> bool:
         return False
     session.set_mask(content)
     return True
+
+
+def seed_targets(session, segment_id: str, content: Optional[np.ndarray],
+                 others: dict[str, np.ndarray], overlap: bool) -> None:
+    """Bring the session in step with the scene before a prompt: its overlap choice, the other
+    segments ``others`` (id -> content; read when segments may not overlap, so that their voxels
+    are background to the target), then the target ``segment_id`` (``content`` None: the session
+    already mirrors it)."""
+    if session.overlap != overlap:
+        session.overlap = overlap
+    for other, mask in others.items():
+        seed_target(session, other, mask)
+    if content is None:
+        session.set_target(segment_id)
+    else:
+        seed_target(session, segment_id, content)

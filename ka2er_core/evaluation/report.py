@@ -21,8 +21,6 @@ from . import cvpr25
 from .comparison import compare, describe_skipped, format_comparison, write_comparison  # noqa: F401
 from .protocol import first_prompt, run_protocol
 
-PROTOCOLS = ("default", "cvpr25")
-
 
 def load_datasets(folders: Sequence, split: str) -> list[Dataset]:
     """The dataset folders, each checked to have cases with labels in ``split`` ("test":

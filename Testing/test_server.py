@@ -449,6 +449,28 @@ def test_sessions_expire_when_idle_and_the_least_recently_used_go_first():
     assert len(store) == 0 and store.peak_sessions == 3
 
 
+def test_a_new_session_waiting_for_its_first_request_is_evicted_last():
+    """Three slots: a session whose client already prompted goes before two just uploaded; past
+    the grace period the least recently used goes again, used or not."""
+    from ka2er_core.server.sessions import UPLOAD_GRACE_SECONDS, SessionGone, SessionStore
+
+    now = [0.0]
+    store = SessionStore(max_sessions=3, max_bytes=10**6, idle_seconds=600, clock=lambda: now[0])
+    a = store.add(object(), 100)
+    now[0] = 0.5
+    b, c = store.add(object(), 100), store.add(object(), 100)
+    store.get(a)  # a's client prompted; b's and c's have not yet
+    now[0] = 1.0
+    store.add(object(), 100)
+    with pytest.raises(SessionGone):
+        store.get(a)
+    now[0] += UPLOAD_GRACE_SECONDS
+    store.add(object(), 100)  # b: the least recently used, its grace over
+    with pytest.raises(SessionGone):
+        store.get(b)
+    store.get(c)
+
+
 def test_the_http_layer_answers_while_the_model_works(server):
     """A first click on a larger volume keeps the model thread busy for a while; /health meanwhile
     answers at once (the event loop never waits on the model)."""

@@ -35,6 +35,10 @@ class SessionTooLarge(RuntimeError):
         self.dropped = dropped
 
 
+UPLOAD_GRACE_SECONDS = 10.0
+"""How long after its upload a session that has not had a request yet is evicted last."""
+
+
 @dataclass
 class Entry:
     session: InteractiveSession
@@ -43,6 +47,8 @@ class Entry:
     replies: dict = field(default_factory=dict)
     """(route, target, request id) -> the task answering it, for the last few prompts (a client's retry
     of a prompt whose reply it never got shares that reply instead of applying the prompt twice)."""
+    used: bool = False
+    """Whether a request came for it since its upload."""
 
 
 class SessionStore:
@@ -82,7 +88,7 @@ class SessionStore:
         entry = self._entries.get(session_id)
         if entry is None:
             raise SessionGone(session_id)
-        entry.last_used = self.clock()
+        entry.last_used, entry.used = self.clock(), True
         self._entries.move_to_end(session_id)
         return entry
 
@@ -131,10 +137,16 @@ class SessionStore:
 
     def _evict(self, keep: str, growth: int = 0) -> None:
         """Drop the least recently used sessions but ``keep`` until the count and the bytes (plus
-        ``growth`` to come) fit."""
+        ``growth`` to come) fit. A session uploaded less than :data:`UPLOAD_GRACE_SECONDS` ago and
+        not used yet goes last, so that many clients on few slots do not drop each other's new
+        sessions before their first prompt."""
+        now = self.clock()
         while len(self._entries) > 1 and (len(self._entries) > self.max_sessions
                                           or self.nbytes + growth > self.max_bytes):
-            oldest = next(s for s in self._entries if s != keep)
+            others = [s for s in self._entries if s != keep]
+            waiting = {s for s in others if not self._entries[s].used
+                       and now - self._entries[s].last_used < UPLOAD_GRACE_SECONDS}
+            oldest = next((s for s in others if s not in waiting), others[0])
             del self._entries[oldest]
             self.evicted += 1
         self.peak_sessions = max(self.peak_sessions, len(self._entries))

@@ -62,6 +62,13 @@ def test_the_box_is_widened_by_the_shift_scaled_to_the_slice_and_clipped():
     assert lo[0] == 1 and hi[0] == 4 and 0 <= 3 - lo[1] <= 5 and 0 <= 200 - lo[2] <= 10
 
 
+def test_box_margins_are_seeded_by_case_and_target():
+    def draw(case, target):
+        return cvpr25.box_rng(case, target).randint(0, 6, 1)[0]
+    assert draw("case_1", "liver") == draw("case_1", "liver")
+    assert len({draw(f"case_{n}", "liver") for n in range(20)}) > 1
+
+
 class Recorder:
     """A session that records its prompts and answers with ``answers`` in turn (the last repeats)."""
 

@@ -5,7 +5,8 @@ Interactive 3D Biomedical Image Segmentation" (JunMa11/CVPR-MedSegFMCompetition,
 - **Box** (:func:`challenge_box`): the z-range of the whole target (z: the array's first axis, k, as
   the challenge's (D, H, W) arrays), and the 2D box of the target on its middle slice (the slice of
   the middle foreground voxel in array order), each side pushed out by a random 0-5 pixels scaled by
-  the slice size / 256 and clipped to the image (seeded: the same boxes for every method).
+  the slice size / 256 and clipped to the image (seeded by case and target, :func:`box_rng`: the
+  same box for every method, whichever other cases are scored with it).
 - **Clicks** (:func:`challenge_click`): 5, each at the maximum of the Euclidean distance transform
   (in voxels, the image border counting as outside) of the largest 26-connected error component;
   positive where the target was missed, negative on a false positive; none once the mask is perfect.
@@ -21,6 +22,7 @@ Interactive 3D Biomedical Image Segmentation" (JunMa11/CVPR-MedSegFMCompetition,
 from __future__ import annotations
 
 import warnings
+import zlib
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -39,6 +41,11 @@ TOLERANCE_MM = 2.0
 NSD_MIN_DSC = 0.2
 BOX_SEED, CLICK_SEED = 2025, 42
 METRICS = ("dsc_auc", "nsd_auc", "final_dsc", "final_nsd")
+
+
+def box_rng(case: str, target: str) -> np.random.RandomState:
+    """The seeded draw of a target's box margins (the challenge seeds 2025 once per run)."""
+    return np.random.RandomState([BOX_SEED, zlib.crc32(f"{case}/{target}".encode())])
 
 
 def challenge_box(truth: np.ndarray, rng: Optional[np.random.RandomState] = None

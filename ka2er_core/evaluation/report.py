@@ -89,7 +89,6 @@ def evaluate_bundle(bundle_path, folders: Sequence, prompts: int, first: str = "
     if baseline:
         datasets = load_datasets(folders, split)
     runs, skipped = [], []
-    rng = np.random.RandomState(cvpr25.BOX_SEED)  # the challenge's seeded box margins
     for dataset in datasets:
         cases = dataset.test_cases if split == "test" else dataset.cases
         scored = set()
@@ -106,7 +105,8 @@ def evaluate_bundle(bundle_path, folders: Sequence, prompts: int, first: str = "
                     continue
                 truth = np.isin(label.array, values)
                 if challenge:
-                    run = cvpr25.run_cvpr25(session, images[0], truth, prompts, name, rng)
+                    run = cvpr25.run_cvpr25(session, images[0], truth, prompts, name,
+                                           cvpr25.box_rng(case.case_id, name))
                     kind = run.prompts[0]
                 else:
                     kind = first_prompt(first, identifying[name], session.prompt_types)

@@ -170,3 +170,26 @@ def test_ka2er_data_writes_the_checks_and_names_a_bad_folder(tmp_path, capsys):
     assert main(["data", "--out", str(tmp_path), "--realcheck", str(tmp_path / "nowhere")]) == 2
     error = capsys.readouterr().err.strip().splitlines()
     assert len(error) == 1 and "nowhere" in error[0] and "inia19-t1-brain.nii.gz" in error[0]
+
+
+def test_engine_scenes_folder_holds_non_overlapping_targets_a_gate_can_learn_from(tmp_path):
+    """``ka2er data --scenes``: each case an engine scene whose targets that do not overlap are its
+    labels; every label is a whole target of the scene (nothing cut by another)."""
+    from ka2er_core.cli import main
+    from ka2er_core.data.msd import load_dataset
+    from ka2er_core.data.scenes import MAX_OBJECTS, SEED_OFFSET, scene_case
+
+    assert main(["data", "--out", str(tmp_path), "--scenes", "2", "--test", "1"]) == 0
+    dataset = load_dataset(tmp_path / "Dataset950_EngineScenes")
+    assert len(dataset.cases) == 2 and len(dataset.test_cases) == 1
+    assert set(dataset.labels) == {f"object {n}" for n in range(1, MAX_OBJECTS + 1)}
+    case = dataset.cases[0]
+    _, label = case.load()
+    scene = DataEngine().scene(np.random.default_rng(int(case.case_id.split("_")[1])))
+    assert int(case.case_id.split("_")[1]) > SEED_OFFSET
+    np.testing.assert_array_equal(label.array, scene_case(scene).array)
+    values = [v for v in np.unique(label.array) if v]
+    assert values == list(range(1, len(values) + 1))
+    masks = [t.mask(scene) for t in scene.targets]
+    for value in values:  # each label is exactly one of the scene's targets
+        assert any(np.array_equal(label.array == value, mask) for mask in masks)

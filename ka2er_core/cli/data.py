@@ -36,6 +36,11 @@ def run_data(args: argparse.Namespace) -> int:
 
         print(write_heldout_dataset(args.out, args.heldout))
         return 0
+    if args.scenes is not None:
+        from ..data.scenes import write_scene_dataset
+
+        print(write_scene_dataset(args.out, args.scenes, args.test, progress_printer("data")))
+        return 0
     folders = write_sample_dataset(args.out, n_train=args.train, n_test=args.test,
                                    progress=progress_printer("data"))
     if args.unannotated:
@@ -82,4 +87,8 @@ def add_data_commands(commands: argparse._SubParsersAction) -> None:
     checks.add_argument("--heldout", type=positive_int, metavar="N",
                         help="instead of the sample tasks: N cases of the synthetic family the "
                              "generalist never trains on (branching vessel trees)")
+    checks.add_argument("--scenes", type=positive_int, metavar="N",
+                        help="instead of the sample tasks: N training (and --test test) cases of "
+                             "the generalist's data engine, its non-overlapping targets as labels "
+                             "(for train-gate when a generalist joins a moe)")
     data.set_defaults(run=run_data)

@@ -367,7 +367,7 @@ def test_bundles_without_a_gate_never_call_one(tiny_moe, volume, monkeypatch):
 def test_a_target_is_corrected_by_the_member_that_made_it(tiny_moe, volume, monkeypatch):
     """The gate routes a target's first prompt; corrective clicks stay with that member even when
     the gate would now choose another; a box routes again; undo restores the answering member."""
-    monkeypatch.setattr(session_module, "follows", lambda *args: True)  # every member follows
+    monkeypatch.setattr(session_module, "changes", lambda *args: True)  # every answer is kept
     bundle = load_bundle(tiny_moe[0])
     calls = count_gate_calls(bundle.gate, monkeypatch)
     session = InteractiveSession(bundle, device="cpu")
@@ -408,29 +408,26 @@ def answers(member, sign: float, monkeypatch) -> None:
 
 def test_a_correction_the_member_ignores_goes_to_the_gate_then_the_general_model(
         tiny_moe, volume, monkeypatch):
-    """A member that answers a positive click with nothing there does not lock its mask in: the
-    gate's choice answers, and the general model when that one ignores the click too."""
+    """A member whose answer to a click changes nothing near it does not lock its mask in: the
+    gate's choice answers, and the general model when that one changes nothing either; the one
+    that answered corrects the target from then on."""
     bundle = load_bundle(tiny_moe[0])
     session = InteractiveSession(bundle, device="cpu")
     session.set_image(volume)
     always(bundle.gate, "brain")
-    answers(bundle.members["brain"], -1.0, monkeypatch)
-    assert session.add_point(centre_ras(volume)).member == "brain"
-    assert not session.mask.any()  # the brain member segments nothing
+    answers(bundle.members["brain"], 1.0, monkeypatch)  # marks everything, whatever the clicks
+    assert session.add_point(centre_ras(volume)).member == "brain" and session.mask.all()
 
     always(bundle.gate, "liver")
-    answers(bundle.members["liver"], 1.0, monkeypatch)
+    answers(bundle.members["liver"], -1.0, monkeypatch)  # marks nothing, whatever the clicks
     click = centre_ras(volume, (2, 0, 0))
-    result = session.add_point(click)
-    assert result.member == "liver"  # the brain ignored the click; the gate's choice followed it
     k, j, i = np.round(np.linalg.solve(volume.ijk_to_ras, [*click, 1])[:3]).astype(int)[::-1]
-    assert session.mask[k, j, i] == 1
+    result = session.add_point(click, positive=False)
+    assert result.member == "liver" and session.mask[k, j, i] == 0  # the brain changed nothing
 
-    session.set_target("second")  # the liver member marks everything: it ignores negative clicks
-    assert session.add_point(centre_ras(volume)).member == "liver" and session.mask.all()
-    answers(bundle.members["general"], -1.0, monkeypatch)
-    result = session.add_point(click, positive=False)  # the gate still chooses the liver member
-    assert result.member == "general" and session.mask[k, j, i] == 0
+    answers(bundle.members["general"], 1.0, monkeypatch)
+    result = session.add_point(click)  # liver (the target's now, and the gate's) changes nothing
+    assert result.member == "general" and session.mask[k, j, i] == 1
 
 
 def test_finetune_writes_a_member_with_the_general_models_settings(phantoms, tmp_path):

@@ -22,7 +22,7 @@ from ..errors import PromptError
 from ..geometry import foreground_bounds, ijk_box_to_ras
 from ..modeling.normalization import image_modality, subsample
 from ..modelspace import ZOOM_STEP, Box, Crop, Point, Prompt, plan_crop
-from ..modelspace.paste import render, touched_faces
+from ..modelspace.paste import Render, render, touched_faces
 from ..modelspace.preprocessing import outside_value
 from ..modelspace.tiles import refinement_tiles
 from ..volume import Volume
@@ -49,7 +49,7 @@ class InteractiveSession:
 
     ``model`` is a :class:`~ka2er_core.bundle.Bundle` (default: the shipped moe bundle). With a
     gate and no pinned member, the gate routes each target's first prompt (and any later box); that
-    member answers the target's corrections while it follows them (:meth:`_correctors`).
+    member answers the target's corrections while they change the mask (:meth:`_correctors`).
     """
 
     def __init__(self, model: Optional[Bundle] = None, device: Union[str, torch.device] = "auto",
@@ -251,7 +251,8 @@ class InteractiveSession:
             pieces += [(tile, self._decode(member, points, tile, prior)[0], prior)  # base-spacing tiles
                        for tile, prior, points in refinement_tiles(crop, logits, prompts,
                                                                    member.crop_size, member.base_spacing)]
-        return self._paste(target, member, prompts, pieces, score, start)
+        renders = [render(crop, logits, old, self.volume.grid) for crop, logits, old in pieces]
+        return self._commit(target, member, prompts, renders, score, start)
 
     def _correct(self, target: Target, prompts: list[Prompt], start: float) -> Result:
         """A click on an existing mask: a close look around it (base spacing, the mask as the dense
@@ -268,13 +269,14 @@ class InteractiveSession:
         prior, focus = self._prior(target, crop), crop.to_crop(click)
         for member in self._correctors(target, inside, crop):
             logits, score = self._decode(member, inside, crop, prior)
-            if follows(logits, focus, prompts[-1].positive):
+            piece = render(crop, logits, prior, self.volume.grid, focus, CORRECTION_RADIUS * crop.size)
+            if changes(piece, target.mask):
                 break
-        return self._paste(target, member, prompts, [(crop, logits, prior)], score, start, focus)
+        return self._commit(target, member, prompts, [piece], score, start)
 
     def _correctors(self, target: Target, prompts: list[Prompt], crop: Crop):
-        """Who answers a correction, in turn until one follows the click: the target's member, the
-        gate's choice, the general model (no member locks its answer in); or the pinned one."""
+        """Who answers a correction, in turn until one changes the mask near the click: the target's
+        member, the gate's choice, the general model (no member locks its answer in); or the pinned one."""
         if self.pinned is not None or target.member is None:
             yield self._route(prompts, crop)
             return
@@ -283,22 +285,21 @@ class InteractiveSession:
             if name != target.member:
                 yield self._member(name)
 
-    def _paste(self, target, member, prompts, pieces, score, start, focus=None) -> Result:
-        """Render every (crop, logits, old) piece's changed cells, then write them into the mask in
-        order as one undo step (a failure while rendering leaves everything as it was); the first
-        piece's crop and logits are remembered as the target's last answer."""
-        renders = [render(crop, logits, old, self.volume.grid, focus, CORRECTION_RADIUS * crop.size)
-                   for crop, logits, old in pieces]
-        answer = Answer(pieces[0][0], renders[0].logits)
+    def _commit(self, target, member, prompts, renders, score, start) -> Result:
+        """Write the rendered pieces into the mask in order as one undo step (rendering wrote
+        nothing, so a failure before this leaves everything as it was); the first piece's crop and
+        logits are remembered as the target's last answer."""
+        answer = Answer(renders[0].crop, renders[0].logits)
         region = self.targets.commit(target, prompts, renders, answer,
                                      None if self.pinned is not None else member.name, self.overlap)
         return Result(region, score, member.name, (time.perf_counter() - start) * 1000)
 
 
-def follows(logits: np.ndarray, click: np.ndarray, positive: bool) -> bool:
-    """Whether crop ``logits`` (S, S, S) put the click (crop-voxel (i, j, k)) on its side."""
-    i, j, k = np.clip(np.round(click).astype(int), 0, np.array(logits.shape[::-1]) - 1)
-    return bool(logits[k, j, i] > 0) == positive
+def changes(piece: Render, mask: np.ndarray) -> bool:
+    """Whether writing the rendered ``piece`` would change ``mask`` (uint8, (k, j, i))."""
+    if piece.region is None:
+        return False
+    return bool((piece.reached & (piece.rendered != (mask[piece.region] > 0))).any())
 
 
 def choose_crop(answer: Optional[Answer], member: Segmenter, low, high) -> Crop:

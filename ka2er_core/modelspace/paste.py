@@ -108,10 +108,11 @@ def changed_cells(new_logits: np.ndarray, old_logits: np.ndarray, block: int = 4
 
 @dataclass
 class Render:
-    """One piece of an answer rendered on the volume's grid, not yet written: ``rendered`` (the
-    mask) and ``reached`` (the voxels it may change) over ``region`` (None: nothing changed), and
-    the crop's ``logits`` as they stand once it is written."""
+    """One piece of an answer on ``crop`` rendered on the volume's grid, not yet written:
+    ``rendered`` (the mask) and ``reached`` (the voxels it may change) over ``region`` (None:
+    nothing changed), and the crop's ``logits`` as they stand once it is written."""
 
+    crop: Crop
     logits: np.ndarray
     region: Optional[tuple[slice, slice, slice]] = None
     rendered: Optional[np.ndarray] = None
@@ -127,11 +128,11 @@ def render(crop: Crop, logits: np.ndarray, old: np.ndarray, volume: Grid,
     changed = changed_cells(logits, old, focus=focus, radius=radius)
     region = None if changed is None else region_slices(crop, volume, *changed[1])
     if region is None:
-        return Render(logits)
+        return Render(crop, logits)
     cells = changed[0]
     rendered, reached = sample_logits(torch.from_numpy(logits), crop, volume, region, cells)
     if focus is not None:
         block = crop.size // cells.shape[0]
         pasted = cells.repeat(block, 0).repeat(block, 1).repeat(block, 2)
         logits = np.where(pasted, logits, old)
-    return Render(logits, region, rendered, reached)
+    return Render(crop, logits, region, rendered, reached)

@@ -66,3 +66,24 @@ def test_protocol_refuses_an_empty_reference_mask():
     session.set_image(subject.image)
     with pytest.raises(EmptyMaskError, match="liver: the reference mask is empty"):
         run_protocol(session, subject.image, np.zeros(subject.image.shape, bool), 2, target="liver")
+
+
+def test_white_matter_with_a_separate_piece_still_shares_the_brains_box():
+    """MNI white matter has a separate piece (the cerebellum's) ten slices below the rest: the box
+    around its largest part differs from the brain's by 13 % of the extent on one side, more than a
+    drawn box's jitter per side, but the two boxes overlap by 0.87, so a box still names the brain
+    and white matter starts with a click (--first auto)."""
+    from ka2er_core.modelspace.clicks import SAME_BOX_IOU, same_box
+
+    brain = (np.array([0, 0, 0]), np.array([78, 99, 99]))
+    assert same_box(brain, (np.array([10, 0, 0]), np.array([78, 99, 99])))
+    assert not same_box(brain, (np.array([10, 10, 10]), np.array([68, 89, 89])))  # 0.43 < 0.51
+    assert 0.5 < SAME_BOX_IOU < 0.52
+    label = np.zeros((40, 40, 40), np.uint8)
+    k, j, i = np.indices(label.shape)
+    radius = np.sqrt((k - 22) ** 2 + (j - 20) ** 2 + (i - 20) ** 2)
+    label[radius < 16] = 1  # grey
+    label[radius < 13] = 2  # white
+    label[(k == 7) & (abs(j - 20) < 3) & (abs(i - 20) < 3)] = 2  # a separate piece of white matter
+    kinds = first_prompts(label, {"brain": (1, 2), "grey": (1,), "white": (2,)})
+    assert kinds["white"] == {"click"} and kinds["brain"] == {"box"}

@@ -78,12 +78,18 @@ def jittered_box(mask: np.ndarray, rng: np.random.Generator, jitter: float = BOX
     return np.minimum(lo, hi), np.maximum(lo, hi)
 
 
+SAME_BOX_IOU = (1 - 2 * BOX_JITTER) ** 3
+"""Two boxes overlapping at least this much (a box and the same box with every side moved in by
+:data:`BOX_JITTER`) are one box as a user draws it."""
+
+
 def same_box(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray]) -> bool:
-    """Whether two inclusive voxel boxes (lo, hi) are one box as a user draws it: every side of one
-    lies within :data:`BOX_JITTER` of the larger extent along that axis from the other's."""
-    extent = np.maximum(a[1] - a[0], b[1] - b[0]) + 1
-    return bool(np.all(np.abs(a[0] - b[0]) <= BOX_JITTER * extent)
-                and np.all(np.abs(a[1] - b[1]) <= BOX_JITTER * extent))
+    """Whether two inclusive voxel boxes (lo, hi) are one box as a user draws it: their
+    intersection over union is at least :data:`SAME_BOX_IOU` (white matter's box without the
+    cerebellum's separate white matter is still the brain's box)."""
+    size = lambda lo, hi: float(np.prod(np.maximum(hi - lo + 1, 0)))  # noqa: E731
+    inside = size(np.maximum(a[0], b[0]), np.minimum(a[1], b[1]))
+    return inside >= SAME_BOX_IOU * (size(*a) + size(*b) - inside)
 
 
 def first_prompts(label: np.ndarray, targets: Mapping[str, Sequence[int]]) -> dict[str, frozenset]:

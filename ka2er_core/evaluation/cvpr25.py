@@ -23,17 +23,17 @@ from __future__ import annotations
 
 import warnings
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 from typing import Optional
 
 import numpy as np
 from scipy import ndimage
 
 from ..errors import EmptyMaskError
-from ..geometry import foreground_bounds, ijk_box_to_ras, ijk_to_ras_points
+from ..geometry import foreground_bounds
 from ..inference.protocols import Session
 from ..volume import Volume
-from .protocol import ProtocolRun, dice
+from .protocol import ProtocolRun, run_protocol
 
 PROMPTS = 6
 """The challenge's predictions per target: the box, then 5 clicks."""
@@ -123,7 +123,22 @@ def challenge_scores(dsc: list[float], nsd: list[float], clicks: int) -> dict:
 
 @dataclass
 class ChallengeRun(ProtocolRun):
+    """A :class:`ProtocolRun` that also records NSD (``spacing``: the volume's, (k, j, i) mm)."""
+
     nsd: list[float] = field(default_factory=list)
+    spacing: InitVar[Optional[np.ndarray]] = None
+
+    def __post_init__(self, spacing):
+        self.voxel_mm = spacing
+
+    def record(self, prompt: str, mask: np.ndarray, truth: np.ndarray, result) -> None:
+        super().record(prompt, mask, truth, result)
+        self.nsd.append(surface_dice(mask, truth, self.voxel_mm) if self.dice[-1] > NSD_MIN_DSC
+                        else 0.0)
+
+    def record_none(self, prompt: str) -> None:
+        super().record_none(prompt)
+        self.nsd.append(self.nsd[-1] if self.nsd else 0.0)
 
     def to_dict(self) -> dict:
         clicks = sum(prompt != "box" and prompt != "no box" for prompt in self.prompts)
@@ -133,46 +148,13 @@ class ChallengeRun(ProtocolRun):
 def run_cvpr25(session: Session, image: Volume, truth: np.ndarray, prompts: int = PROMPTS,
                target: str = "target", rng: Optional[np.random.RandomState] = None) -> ChallengeRun:
     """Drive ``session`` (image already set) through the challenge's box and ``prompts - 1`` clicks
-    for one target; ``rng`` perturbs the box (see :func:`challenge_box`)."""
-    truth = truth.astype(bool)
-    if not truth.any():
-        raise EmptyMaskError("the reference mask is empty: nothing to prompt for", path=image.path,
-                             field=target)
-    session.set_target(target)
-    spacing = np.asarray(image.spacing, float)[::-1]
-    run = ChallengeRun()
-    for index in range(prompts):
-        if index == 0:
-            if "box" in getattr(session, "prompt_types", ("box",)):
-                lo, hi = challenge_box(truth, rng)
-                result = session.add_box(*ijk_box_to_ras(lo[::-1], hi[::-1], image.ijk_to_ras))
-                run.prompts.append("box")
-            else:  # the challenge's "no box" case: the clicks start from an empty mask
-                run.dice.append(0.0)
-                run.nsd.append(0.0)
-                run.latency_ms.append(0.0)
-                run.members.append("")
-                run.prompts.append("no box")
-                continue
-        else:
-            click = challenge_click(session.mask > 0, truth)
-            if click is None:  # already perfect: the score stays
-                run.dice.append(run.dice[-1])
-                run.nsd.append(run.nsd[-1])
-                run.latency_ms.append(0.0)
-                run.members.append(run.members[-1])
-                run.prompts.append("none")
-                continue
-            kji, positive = click
-            ras = ijk_to_ras_points(kji[::-1].astype(float), image.ijk_to_ras)
-            result = session.add_point(ras, positive=positive)
-            run.prompts.append("+" if positive else "-")
-        mask = session.mask > 0
-        run.dice.append(dice(mask, truth))
-        run.nsd.append(surface_dice(mask, truth, spacing) if run.dice[-1] > NSD_MIN_DSC else 0.0)
-        run.latency_ms.append(result.latency_ms)
-        run.members.append(result.member)
-    return run
+    for one target (:func:`~.protocol.run_protocol` with the challenge's box and clicks); ``rng``
+    perturbs the box (see :func:`challenge_box`). A model that takes no boxes starts from an empty
+    mask (the challenge's "no box" case)."""
+    first = "box" if "box" in getattr(session, "prompt_types", ("box",)) else "none"
+    run = ChallengeRun(spacing=np.asarray(image.spacing, float)[::-1])
+    return run_protocol(session, image, truth, prompts, first, target,
+                        box=lambda mask: challenge_box(mask, rng), click=challenge_click, run=run)
 
 
 def summarise_metrics(group: list[dict]) -> dict:

@@ -17,6 +17,7 @@ import numpy as np
 from ..errors import EmptyMaskError
 from ..geometry import ijk_box_to_ras, ijk_to_ras_points
 from ..inference.protocols import Session
+from ..inference.result import Result
 from ..modelspace.clicks import first_box, next_click
 from ..volume import Volume
 
@@ -32,6 +33,21 @@ class ProtocolRun:
     latency_ms: list[float] = field(default_factory=list)
     members: list[str] = field(default_factory=list)
     prompts: list[str] = field(default_factory=list)
+
+    def record(self, prompt: str, mask: np.ndarray, truth: np.ndarray, result: Result) -> None:
+        """A prompt's outcome: the session's ``mask`` against ``truth``."""
+        self.prompts.append(prompt)
+        self.dice.append(dice(mask, truth))
+        self.latency_ms.append(result.latency_ms)
+        self.members.append(result.member)
+
+    def record_none(self, prompt: str) -> None:
+        """A prompt not sent (the mask is already perfect, or the model takes no box): the scores
+        stay as they were (0 before any prompt)."""
+        self.prompts.append(prompt)
+        self.dice.append(self.dice[-1] if self.dice else 0.0)
+        self.latency_ms.append(0.0)
+        self.members.append(self.members[-1] if self.members else "")
 
     def clicks_to(self, threshold: float) -> Optional[int]:
         """Number of prompts to reach ``threshold`` Dice (NoC), None if never reached."""
@@ -54,34 +70,35 @@ def first_prompt(first: str, identifying, prompt_types) -> str:
 
 
 def run_protocol(session: Session, image: Volume, truth: np.ndarray, prompts: int,
-                 first: str = "box", target: str = "target") -> ProtocolRun:
+                 first: str = "box", target: str = "target", box=first_box, click=next_click,
+                 run: Optional[ProtocolRun] = None) -> ProtocolRun:
     """Drive ``session`` (any :class:`~ka2er_core.inference.protocols.Session`, image already set)
-    for one target. A first box goes around the target's largest connected component
-    (:func:`~ka2er_core.modelspace.clicks.first_box`); the clicks then find the other parts."""
+    for one target. ``first``: "box" (``box(truth)`` gives its inclusive (k, j, i) bounds; by
+    default around the target's largest connected component, :func:`~ka2er_core.modelspace.clicks.
+    first_box`), "click", or "none" (no first prompt: the clicks start from an empty mask). Each
+    click goes where ``click(mask, truth)`` puts it; ``run`` records the outcomes (default: a new
+    :class:`ProtocolRun`)."""
     truth = truth.astype(bool)
     if not truth.any():
         raise EmptyMaskError("the reference mask is empty: nothing to prompt for", path=image.path,
                              field=target)
     session.set_target(target)
-    run = ProtocolRun()
+    run = ProtocolRun() if run is None else run
     for index in range(prompts):
         if index == 0 and first == "box":
-            lo, hi = first_box(truth)
+            lo, hi = box(truth)
             result = session.add_box(*ijk_box_to_ras(lo[::-1], hi[::-1], image.ijk_to_ras))
-            run.prompts.append("box")
-        else:
-            click = next_click(session.mask > 0, truth)
-            if click is None:  # already perfect: the score stays
-                run.dice.append(run.dice[-1])
-                run.latency_ms.append(0.0)
-                run.members.append(run.members[-1] if run.members else "")
-                run.prompts.append("none")
-                continue
-            kji, positive = click
-            ras = ijk_to_ras_points(kji[::-1].astype(float), image.ijk_to_ras)
-            result = session.add_point(ras, positive=positive)
-            run.prompts.append("+" if positive else "-")
-        run.dice.append(dice(session.mask > 0, truth))
-        run.latency_ms.append(result.latency_ms)
-        run.members.append(result.member)
+            run.record("box", session.mask > 0, truth, result)
+            continue
+        if index == 0 and first == "none":
+            run.record_none("no box")
+            continue
+        where = click(session.mask > 0, truth)
+        if where is None:  # already perfect: the score stays
+            run.record_none("none")
+            continue
+        kji, positive = where
+        ras = ijk_to_ras_points(kji[::-1].astype(float), image.ijk_to_ras)
+        result = session.add_point(ras, positive=positive)
+        run.record("+" if positive else "-", session.mask > 0, truth, result)
     return run

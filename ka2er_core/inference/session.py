@@ -248,9 +248,9 @@ class InteractiveSession:
         old = prior if crop is first_crop else self._prior(target, crop)
         pieces = [(crop, logits, old)]
         if self.refine and crop.spacing > member.base_spacing * ZOOM_STEP:
-            pieces += [(tile, self._decode(member, points, tile, prior)[0], prior)  # base-spacing tiles
-                       for tile, prior, points in refinement_tiles(crop, logits, prompts,
-                                                                   member.crop_size, member.base_spacing)]
+            pieces += [(tile, self._decode(member, points, tile, coarse)[0], coarse)  # base-spacing tiles
+                       for tile, coarse, points in refinement_tiles(crop, logits, prompts,
+                                                                    member.crop_size, member.base_spacing)]
         renders = [render(crop, logits, old, self.volume.grid) for crop, logits, old in pieces]
         return self._commit(target, member, prompts, renders, score, start)
 

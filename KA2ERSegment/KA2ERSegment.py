@@ -378,15 +378,17 @@ class KA2ERSegmentLogic(ScriptedLoadableModuleLogic, VTKObservationMixin):
                          lambda: self.session is not None and self.session.set_image(volume))
 
     def _observeSegmentation(self, segmentationNode) -> None:
-        """Watch ``segmentationNode``'s segments for changes made outside the module."""
+        """Watch ``segmentationNode``'s segments for changes made outside the module (content
+        edited, a segment removed)."""
         if segmentationNode is self.observedSegmentation:
             return
-        event = slicer.vtkSegmentation.SourceRepresentationModified
-        if self.observedSegmentation is not None:
+        events = (slicer.vtkSegmentation.SourceRepresentationModified,
+                  slicer.vtkSegmentation.SegmentRemoved)
+        for event in events if self.observedSegmentation is not None else ():
             self.removeObserver(self.observedSegmentation, event, self.onSegmentationEdited)
         self.observedSegmentation = segmentationNode
         self.targetSync.forget()
-        if segmentationNode is not None:
+        for event in events if segmentationNode is not None else ():
             self.addObserver(segmentationNode, event, self.onSegmentationEdited)
 
     def _targetInStep(self):

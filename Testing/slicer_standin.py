@@ -269,14 +269,23 @@ class vtkSegment(vtk.vtkObject):
 class vtkSegmentation(vtk.vtkObject):
     """Segments by ID. Each holds its own binary uint8 (k, j, i) array over the reference geometry
     (allocated on first write), so segments may overlap, like Slicer's layered labelmaps. A change of
-    a segment's content invokes SourceRepresentationModified with the segment's ID."""
+    a segment's content invokes SourceRepresentationModified with the segment's ID, a removal
+    SegmentRemoved (on the segmentation and on its node, as in Slicer)."""
 
     SourceRepresentationModified = 62100
+    SegmentRemoved = 62103  # vtkSegmentation.h: after ContainedRepresentationNamesModified, SegmentAdded
 
     def __init__(self):
         super().__init__()
         self._segments = {}
         self._reference = None  # (IJK to segmentation-node coordinates 4x4, shape (k, j, i))
+        self._node = None  # the segmentation node that passes this one's events on
+
+    def RemoveSegment(self, segmentId):
+        if self._segments.pop(segmentId, None) is not None:
+            for notifier in (self, self._node):
+                if notifier is not None:
+                    notifier.InvokeEvent(self.SegmentRemoved, segmentId)
 
     def AddEmptySegment(self, segmentId="", segmentName="", color=None):
         if not segmentId or segmentId in self._segments:
@@ -324,6 +333,7 @@ class vtkMRMLSegmentationNode(vtkMRMLTransformableNode):
     def __init__(self):
         super().__init__()
         self._segmentation = vtkSegmentation()
+        self._segmentation._node = self
 
     def GetSegmentation(self):
         return self._segmentation

@@ -491,9 +491,10 @@ def test_without_overlap_other_segments_are_background_to_a_click(slicer, logic)
     other = segmentation.GetSegmentation().AddEmptySegment("", "Painted")
     slicer.util.updateSegmentBinaryLabelmapFromArray(painted, segmentation, other, volume)
     positive, _, _ = logic.promptNodes()
+    made = {}
     for overlap in (False, True):
         logic.parameterNode.overlap = overlap
-        segment_id = logic.setTarget("")
+        made[overlap] = segment_id = logic.setTarget("")
         click(logic, positive, centre)
         mask = segment_array(logic, segment_id)
         shared = int((mask & painted).sum())
@@ -501,3 +502,13 @@ def test_without_overlap_other_segments_are_background_to_a_click(slicer, logic)
         assert shared == 0 if not overlap else shared > 0.5 * painted.sum()
         np.testing.assert_array_equal(segment_array(logic, other), painted)
     assert logic.parameterNode.parameterNode.GetParameter("overlap") == "True"
+
+    kept = segment_array(logic, made[False])
+    for removed in (other, made[True]):  # deleted in Slicer: no longer protected, nor targets
+        segmentation.GetSegmentation().RemoveSegment(removed)
+    logic.parameterNode.overlap = False
+    segment_id = logic.setTarget("")
+    click(logic, positive, centre)
+    mask = segment_array(logic, segment_id)
+    assert logic.errors == [] and (mask & painted).sum() > 0.5 * painted.sum()
+    assert not (mask & kept).any() and made[True] not in logic.session.targets

@@ -75,10 +75,14 @@ def seed_targets(session, segment_id: str, content: Optional[np.ndarray],
                  others: dict[str, np.ndarray], overlap: bool) -> None:
     """Bring the session in step with the scene before a prompt: its overlap choice, the other
     segments ``others`` (id -> content; read when segments may not overlap, so that their voxels
-    are background to the target), then the target ``segment_id`` (``content`` None: the session
-    already mirrors it)."""
+    are background to the target; the session forgets targets whose segment is gone), then the
+    target ``segment_id`` (``content`` None: the session already mirrors it)."""
     if session.overlap != overlap:
         session.overlap = overlap
+    if not overlap and content is not None:
+        for gone in [name for name in session.targets if name != segment_id and name not in others]:
+            session.set_target(gone)
+            session.reset()
     for other, mask in others.items():
         seed_target(session, other, mask)
     if content is None:

@@ -141,6 +141,11 @@ class RemoteSession:
         return self._masks[self.target_name]
 
     @property
+    def targets(self) -> tuple[str, ...]:
+        """The names of the targets this client has prompted or set."""
+        return tuple(self._masks)
+
+    @property
     def undo_depth(self) -> int:
         return self._undo_depth.get(self.target_name, 0)
 

@@ -28,7 +28,6 @@ from importer_fixtures import ARCH, TINY, ReferenceUNet, randomised, write_model
 from ka2er_core.bundle import load_bundle
 from ka2er_core.data.sample import write_sample_dataset
 from ka2er_core.geometry import ijk_to_ras_points
-from ka2er_core.cli import main
 from ka2er_core.io import load_volume
 from ka2er_core.modeling.sam_med3d import SamMed3D, SamMed3DConfig
 from ka2er_core.modelspace.clicks import component_centre
@@ -122,7 +121,7 @@ def test_an_imported_sam_med3d_and_nnunet_expert_work_in_every_command(imported)
 
     # the import as the KA2ER student of an imported nnU-Net expert
     write_model_folder(root / "nnunet", randomised(ReferenceUNet(ARCH, 3)), "CTNormalization")
-    assert main(["bundle", "import-nnunet", str(root / "nnunet"), "--out", str(root / "expert")]) == 0
+    ka2er("bundle", "import-nnunet", root / "nnunet", "--out", root / "expert")
     ka2er("amalgamate", "--init", sam, "--expert", root / "expert", "--dataset", folder,
           "--out", root / "student", "--steps", 2, "--hidden", 8, "--heads", 2)
     training = json.loads((root / "student" / "bundle.json").read_text())["training"]

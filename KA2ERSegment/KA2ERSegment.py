@@ -29,7 +29,7 @@ from KA2ERSegmentLib.choices import (AUTO, DEVICES, PROMPT_NODES, ModelSource, P
 from KA2ERSegmentLib.dependencies import DependencyInstaller
 from KA2ERSegmentLib.errors import SceneError, describe_error
 from KA2ERSegmentLib.geometry import box_world, engine_volume, point_world
-from KA2ERSegmentLib.segments import read_segment, write_region
+from KA2ERSegmentLib.segments import read_segment, segment_ids, write_region
 from KA2ERSegmentLib.targets import TargetSync, seed_targets
 from KA2ERSegmentLib.worker import Job, Worker
 
@@ -407,13 +407,9 @@ class KA2ERSegmentLogic(ScriptedLoadableModuleLogic, VTKObservationMixin):
         segmentationNode, imageNode = self.segmentationNode, self.imageNode
         content = read_segment(segmentationNode, segmentId, imageNode)
         others = {} if overlap else {other: read_segment(segmentationNode, other, imageNode)
-                                     for other in self._segmentIds() if other != segmentId}
+                                     for other in segment_ids(segmentationNode) if other != segmentId}
         self.targetSync.mirror(segmentId, others=not overlap)
         return lambda session: seed_targets(session, segmentId, content, others, overlap)
-
-    def _segmentIds(self) -> list[str]:
-        segmentation = self.segmentationNode.GetSegmentation()
-        return [segmentation.GetNthSegmentID(n) for n in range(segmentation.GetNumberOfSegments())]
 
     def _regionWriter(self):
         """A function writing a changed region into the target segment as it is now. The module's
@@ -704,8 +700,7 @@ class KA2ERSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if node is None:
             return
         segmentation = node.GetSegmentation()
-        for n in range(segmentation.GetNumberOfSegments()):
-            segmentId = segmentation.GetNthSegmentID(n)
+        for segmentId in segment_ids(node):
             self.ui.segmentComboBox.addItem(segmentation.GetSegment(segmentId).GetName(), segmentId)
         self.ui.segmentComboBox.setCurrentIndex(self.ui.segmentComboBox.findData(selectedId))
 

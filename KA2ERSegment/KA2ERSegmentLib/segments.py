@@ -41,3 +41,9 @@ def read_segment(segmentation_node, segment_id: str, volume_node) -> np.ndarray:
     """The segment as a uint8 (k, j, i) array on the volume's grid (a copy)."""
     array = slicer.util.arrayFromSegmentBinaryLabelmap(segmentation_node, segment_id, volume_node)
     return (np.asarray(array) != 0).astype(np.uint8)
+
+
+def segment_ids(segmentation_node) -> list[str]:
+    """The segmentation's segment IDs, in order."""
+    segmentation = segmentation_node.GetSegmentation()
+    return [segmentation.GetNthSegmentID(n) for n in range(segmentation.GetNumberOfSegments())]

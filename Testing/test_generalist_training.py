@@ -45,3 +45,29 @@ def test_generalist_trains_in_a_worker_resumes_and_loads(tmp_path):
     lo, hi = np.argwhere(liver).min(0), np.argwhere(liver).max(0)
     result = session.add_box(*ijk_box_to_ras(lo[::-1], hi[::-1], subject.image.ijk_to_ras))
     assert session.mask.shape == liver.shape and result.region is not None
+
+
+def test_band_features_start_as_the_model_they_grow_then_train_and_load(tmp_path):
+    from ka2er_core.modeling import ModelConfig
+    from ka2er_core.modeling.promptable import PromptableSegmenter
+    from ka2er_core.training.generalist import with_bands
+
+    torch.manual_seed(0)
+    small = ModelConfig(crop_size=32, encoder_embed_dim=6, encoder_heads=(1, 2, 2, 4), dim=32,
+                        decoder_mlp_dim=64, decoder_heads=2, fine_channels=4)
+    plain = PromptableSegmenter(small).eval()
+    grown = with_bands(plain, 3).eval()
+    image = torch.randn(1, 1, 32, 32, 32)
+    coords, labels = torch.tensor([[[16.0, 16.0, 16.0]]]), torch.tensor([[1]])
+    with torch.no_grad():
+        before = plain(image, coords, labels)[0]
+        after = grown(image, coords, labels)[0]
+    assert grown.config.band_channels == 3 and torch.equal(before, after)
+
+    out = tmp_path / "bands"
+    train_generalist(out, GeneralistConfig(steps=2, batch_size=1, workers=0, checkpoint_every=1),
+                     base_spacing=2.0, max_spacing=4.0, engine_config=FAST_ENGINE, band_channels=2)
+    weights = load_file(str(out / "general.safetensors"))
+    assert weights["image_encoder.bands.weight"].shape[0] == 2
+    assert weights["mask_decoder.hyper_bands.layers.2.weight"].abs().sum() > 0  # it learned
+    assert load_bundle(out).default.model.config.band_channels == 2

@@ -37,6 +37,8 @@ def main(argv=None) -> int:
     parser.add_argument("--checkpoint-every", type=int, default=50)
     parser.add_argument("--snapshot-every", type=int, default=250)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--band-channels", type=int,
+                        help="grow the --init model with this many band features (ModelConfig)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     config = GeneralistConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
@@ -45,6 +47,7 @@ def main(argv=None) -> int:
                               snapshot_every=args.snapshot_every)
     out = train_generalist(args.out, config, init=args.init, named_folders=args.named,
                            base_spacing=args.base_spacing, max_spacing=args.max_spacing,
+                           band_channels=args.band_channels,
                            progress=progress_printer("generalist"))
     print(f"wrote {out}")
     return 0

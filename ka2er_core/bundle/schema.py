@@ -51,8 +51,9 @@ nnU-Net."""
 WEIGHTS_SUFFIX = ".safetensors"
 MAX_CROP_SIZE = 512
 """Largest crop side, voxels, a bundle may ask for (SAM-Med3D: 128; ours: 64 or 128)."""
-ZERO_ALLOWED = {"window_size"}
-"""Architecture sizes that may be 0 (SAM-Med3D: no window, every block attends globally)."""
+ZERO_ALLOWED = {"window_size", "band_channels"}
+"""Architecture sizes that may be 0 (SAM-Med3D: no window, every block attends globally; the Swin
+model: no band features)."""
 BLOCK_INDICES = {"global_blocks": "encoder_depth"}
 """Architecture lists that index the encoder's blocks, with the field that counts them."""
 GATE_REQUIRED = ("weights", "members", "threshold", "dim", "crop_size", "stage_channels")

@@ -20,7 +20,7 @@ structure under it); the others with a box or a click. Families and sources can 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
+from typing import Sequence
 
 import numpy as np
 from scipy import ndimage

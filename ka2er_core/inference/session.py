@@ -20,15 +20,12 @@ from ..bundle import Bundle, BundleError, Segmenter, load_bundle
 from ..bundle.registry import prompt_types
 from ..errors import PromptError
 from ..geometry import foreground_bounds, ijk_box_to_ras
-from ..modeling.normalization import image_modality, subsample
 from ..modelspace import ZOOM_STEP, Box, Crop, Point, Prompt, plan_crop
 from ..modelspace.paste import Render, render, touched_faces
-from ..modelspace.preprocessing import outside_value
 from ..modelspace.tiles import refinement_tiles
 from ..volume import Volume
-from .embeddings import EmbeddingCache
+from .models import ImageModels
 from .result import Region, Result, check_box, check_point
-from .router import Router
 from .targets import Answer, Target, Targets
 
 MAX_ZOOM_OUTS = 4
@@ -64,27 +61,23 @@ class InteractiveSession:
         if not isinstance(self.bundle.default, Segmenter):
             raise BundleError(f"a bundle of kind {self.bundle.kind!r} has no promptable model; "
                               "segment with it without prompts (ka2er segment)", path=self.bundle.path)
-        self._ready: set[str] = set()  # members moved to the device
-        self.router = Router(self.bundle, self.device)
+        self.models = ImageModels(self.bundle, self.device)
+        self.router = self.models.router
         self.prompt_types = prompt_types(self.bundle)  # "point", and "box" if every member takes boxes
         self.pinned: Optional[str] = None
         """The member answering every prompt (None: the gate decides, or the default member)."""
         self.volume: Optional[Volume] = None
         self.targets = Targets(None)
         self.target_name = "Segment_1"
-        self.embeddings = EmbeddingCache()
+        self.embeddings = self.models.embeddings
 
     # ---- image and targets ----
 
     def set_image(self, volume: Volume) -> None:
         """Use ``volume`` (not copied); clears targets and cached embeddings."""
         self.volume = volume
-        self._sample = subsample(volume.array)
-        self._statistics: dict = {}  # normalisation -> this image's statistics
-        self.router.set_modality(image_modality(volume.array, self._sample))
-        self._fill = outside_value(volume.array)
+        self.models.set_image(volume)
         self.targets = Targets(volume)
-        self.embeddings.clear()
 
     @property
     def members(self) -> list[str]:
@@ -163,12 +156,7 @@ class InteractiveSession:
         return check_point(self._require_image(), ras, what)
 
     def _member(self, name: str) -> Segmenter:
-        """Member ``name``, loaded (a moe bundle reads weights on first use) and on the device."""
-        member = self.bundle.members[name]
-        if name not in self._ready:
-            member.model.to(self.device)
-            self._ready.add(name)
-        return member
+        return self.models.member(name)
 
     def _planner(self, target: Target) -> Segmenter:
         """The member whose crop geometry plans the next crop: the pinned one, else the one that
@@ -176,25 +164,8 @@ class InteractiveSession:
         return self._member(self.pinned or target.member or self.router.default)
 
     def _route(self, prompts: list[Prompt], crop: Crop) -> Segmenter:
-        """The member that answers ``prompts`` on ``crop``: the pinned one, else the router's choice
-        (the gate reads the general model's embedding of the crop)."""
-        if self.pinned is not None or self.router.gate is None:
-            return self._member(self.pinned or self.router.default)
-        general = self._member(self.router.general)
-        coords, labels = self._tokens(prompts, crop)
-        return self._member(self.router.choose(general.model, self._embedding(crop, general),
-                                               coords, labels))
-
-    def _embedding(self, crop: Crop, member: Segmenter):
-        def compute():
-            norm = member.normalization  # its statistics of this image, computed once
-            stats = self._statistics.get(norm) or self._statistics.setdefault(
-                norm, norm.statistics(self.volume.array, self._sample))
-            image = crop.sample(self.volume, norm, stats, self._fill)
-            with torch.inference_mode():
-                return member.model.embed(torch.from_numpy(image)[None, None].to(self.device))
-
-        return self.embeddings.get(member.name, crop, compute)
+        """The member that answers ``prompts`` on ``crop``: the pinned one, else the router's."""
+        return self._member(self.pinned) if self.pinned is not None else self.models.route(prompts, crop)
 
     def _prior(self, target: Target, crop: Crop) -> np.ndarray:
         """The current mask as crop logits (+1 inside, -1 outside) on ``crop``."""
@@ -204,20 +175,6 @@ class InteractiveSession:
             return np.full(crop.grid.shape, -1.0, dtype=np.float32)
         inside = crop.resample(target.mask, self.volume.grid, order=0)
         return np.where(inside > 0, 1.0, -1.0).astype(np.float32)
-
-    def _tokens(self, prompts: list[Prompt], crop: Crop):
-        coords, labels = crop.encode(prompts)
-        return (torch.tensor(coords, dtype=torch.float32, device=self.device)[None],
-                torch.tensor(labels, dtype=torch.long, device=self.device)[None])
-
-    def _decode(self, member: Segmenter, prompts: list[Prompt], crop: Crop, prior: np.ndarray):
-        embedding = self._embedding(crop, member)
-        coords, labels = self._tokens(prompts, crop)
-        mask = (torch.from_numpy((prior > 0).astype(np.float32))[None, None].to(self.device)
-                if bool((prior > 0).any()) else None)
-        with torch.inference_mode():
-            logits, iou = member.model.decode(embedding, coords, labels, mask)
-        return logits[0, 0].float().cpu().numpy(), float(iou[0])
 
     def _prompt(self, prompt: Prompt) -> Result:
         start = time.perf_counter()
@@ -230,7 +187,7 @@ class InteractiveSession:
         crop = first_crop = choose_crop(target.answer, self._planner(target), low, high)
         member = self._route(prompts, crop)
         prior = self._prior(target, crop)
-        logits, score = self._decode(member, prompts, crop, prior)
+        logits, score = self.models.decode(member, prompts, crop, prior)
         for _ in range(MAX_ZOOM_OUTS):  # the object runs past the crop: zoom out until it fits
             faces = touched_faces(logits > 0)
             if not faces or crop.spacing >= member.max_spacing:
@@ -244,11 +201,11 @@ class InteractiveSession:
                                    member.max_spacing)
             carried = bigger.resample(logits, crop.grid, order=1, fill=-1.0)
             crop = bigger
-            logits, score = self._decode(member, prompts, crop, carried)
+            logits, score = self.models.decode(member, prompts, crop, carried)
         old = prior if crop is first_crop else self._prior(target, crop)
         pieces = [(crop, logits, old)]
         if self.refine and crop.spacing > member.base_spacing * ZOOM_STEP:
-            pieces += [(tile, self._decode(member, points, tile, coarse)[0], coarse)  # base-spacing tiles
+            pieces += [(tile, self.models.decode(member, points, tile, coarse)[0], coarse)  # base-spacing tiles
                        for tile, coarse, points in refinement_tiles(crop, logits, prompts,
                                                                     member.crop_size, member.base_spacing)]
         renders = [render(crop, logits, old, self.volume.grid) for crop, logits, old in pieces]
@@ -268,7 +225,7 @@ class InteractiveSession:
         inside = [p for p in prompts if crop.holds(p)]
         prior, focus = self._prior(target, crop), crop.to_crop(click)
         for member in self._correctors(target, inside, crop):
-            logits, score = self._decode(member, inside, crop, prior)
+            logits, score = self.models.decode(member, inside, crop, prior)
             piece = render(crop, logits, prior, self.volume.grid, focus, CORRECTION_RADIUS * crop.size)
             if changes(piece, target.mask):
                 break

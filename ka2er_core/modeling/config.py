@@ -13,7 +13,8 @@ class ModelConfig:
     ``crop_size`` is the side of the cubic model-space crop in voxels; the image embedding has
     ``crop_size / 8`` tokens per side. ``encoder_*`` configure MONAI's Swin transformer (the SwinUNETR
     backbone), ``dim`` the prompt/decoder width, ``fine_channels`` the full-resolution features the
-    final mask is refined with.
+    final mask is refined with, ``band_channels`` the full-resolution features the mask token
+    thresholds and weighs per prompt (intensity bands that follow a tissue border; 0: none).
     """
 
     crop_size: int = 64
@@ -27,6 +28,7 @@ class ModelConfig:
     decoder_heads: int = 4
     decoder_mlp_dim: int = 384
     fine_channels: int = 8
+    band_channels: int = 0
 
     def __post_init__(self):
         if self.crop_size % 32:

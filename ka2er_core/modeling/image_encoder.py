@@ -7,6 +7,7 @@ Input: a normalised crop (B, 1, S, S, S) in (k, j, i) order, S = ``crop_size``. 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -26,11 +27,13 @@ class ImageEmbedding(Embedding):
     (1/2 to 1/32), the multi-scale features the amalgamation layer taps. ``fine`` (B, fine_channels,
     S, S, S): full-resolution features for the final mask. Its own decoder also reads
     ``skip_quarter`` (B, dim/2, S/4, ...) and ``skip_half`` (B, dim/4, S/2, ...): encoder features
-    for upsampling.
+    for upsampling; ``bands`` (B, band_channels, S, S, S) or None: full-resolution features it
+    thresholds per prompt.
     """
 
     skip_quarter: torch.Tensor
     skip_half: torch.Tensor
+    bands: Optional[torch.Tensor] = None
 
 
 class ImageEncoder(nn.Module):
@@ -51,6 +54,8 @@ class ImageEncoder(nn.Module):
         self.fine = nn.Sequential(
             nn.Conv3d(config.in_channels, config.fine_channels, 3, padding=1), nn.GELU(),
             nn.Conv3d(config.fine_channels, config.fine_channels, 3, padding=1))
+        self.bands = (nn.Conv3d(config.in_channels, config.band_channels, 3, padding=1)
+                      if config.band_channels else None)
 
     def forward(self, image: torch.Tensor) -> ImageEmbedding:
         """image (B, C, S, S, S) -> ImageEmbedding."""
@@ -73,4 +78,5 @@ class ImageEncoder(nn.Module):
             stages=list(hidden),
             fine=self.fine(image),
             skip_quarter=self.to_skip_quarter(hidden[1]),
-            skip_half=self.to_skip_half(hidden[0]))
+            skip_half=self.to_skip_half(hidden[0]),
+            bands=None if self.bands is None else self.bands(image))

@@ -26,6 +26,10 @@ class MaskDecoder(nn.Module):
         self.hyper_half = MLP(dim, dim, dim // 4, 3)
         self.hyper_fine = MLP(dim, dim, config.fine_channels, 3)
         self.iou_head = MLP(dim, dim, 1, 3)
+        self.hyper_bands = MLP(dim, dim, 3 * config.band_channels, 3) if config.band_channels else None
+        if self.hyper_bands is not None:  # starts as a model without bands (a grown model: the same)
+            nn.init.zeros_(self.hyper_bands.layers[-1].weight)
+            nn.init.zeros_(self.hyper_bands.layers[-1].bias)
 
     def forward(self, image: ImageEmbedding, image_pe: torch.Tensor, sparse: torch.Tensor,
                 dense: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -49,4 +53,14 @@ class MaskDecoder(nn.Module):
         fine = torch.einsum("bc,bcdhw->bdhw", self.hyper_fine(mask_token),
                             image.fine.expand(b, -1, -1, -1, -1))[:, None]
         logits = F.interpolate(coarse, scale_factor=2, mode="trilinear", align_corners=False) + fine
+        if self.hyper_bands is not None:
+            logits = logits + self.band_logits(mask_token, image.bands)
         return logits, self.iou_head(tokens[:, 0])[:, 0]
+
+    def band_logits(self, mask_token: torch.Tensor, bands: torch.Tensor) -> torch.Tensor:
+        """mask_token (B, dim), bands (1 or B, C, S, S, S) -> (B, 1, S, S, S): each band scaled,
+        shifted and weighed as the prompt says, through a GELU, so that a prompt can pick the
+        intensities of its tissue at full resolution."""
+        scale, shift, weight = (v[:, :, None, None, None]
+                                for v in self.hyper_bands(mask_token).chunk(3, dim=1))
+        return (weight * F.gelu(bands * (1 + scale) + shift)).sum(1, keepdim=True)

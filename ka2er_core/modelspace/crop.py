@@ -20,7 +20,7 @@ from ..modeling.normalization import Normalization
 from ..modeling.prompt_encoder import (BOX_HIGH, BOX_LOW, FLAT_BOX_HIGH, FLAT_BOX_LOW, NEGATIVE,
                                        POSITIVE)
 from ..volume import Grid, Volume
-from .prompts import Box, Point, Prompt
+from .prompts import Point, Prompt
 
 ZOOM_STEP = 1.25
 MARGIN = 1.2  # the crop spans the region of interest times this factor

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -20,6 +20,7 @@ import torch
 
 from ..data.engine import DataEngine, EngineConfig, Scene
 from ..modeling.normalization import Normalization, subsample
+from ..modeling.promptable import PromptableSegmenter
 from ..volume import Volume
 from .loop import LoopConfig, distributed_context, train_loop
 from .promptable import (CropSampler, PromptableStep, collate, load_training_items, save_student,
@@ -126,13 +127,30 @@ def make_scene_sampler(crops: SceneCrops, batch_size: int, named_folders: Sequen
                         named_share=named_share)
 
 
+def with_bands(model: PromptableSegmenter, channels: int) -> PromptableSegmenter:
+    """``model`` grown to ``channels`` band features (:class:`~ka2er_core.modeling.config.ModelConfig`);
+    the bands' weights start at zero, so the grown model predicts what ``model`` does until trained."""
+    if model.config.band_channels == channels:
+        return model
+    if model.config.band_channels:
+        raise ValueError(f"the model already has {model.config.band_channels} band channels, "
+                         f"not {channels}")
+    grown = PromptableSegmenter(replace(model.config, band_channels=channels))
+    missing, unexpected = grown.load_state_dict(model.state_dict(), strict=False)
+    assert not unexpected and all("bands" in name for name in missing), (missing, unexpected)
+    return grown.train()
+
+
 def train_generalist(out: Path, config: GeneralistConfig, *, init: Optional[Path] = None,
                      named_folders: Sequence = (), base_spacing: Optional[float] = None,
                      max_spacing: Optional[float] = None, engine_config: EngineConfig = EngineConfig(),
-                     progress=None) -> Path:
-    """Train (or resume, from ``out/checkpoint``) the generalist and write it as a bundle to ``out``."""
+                     band_channels: Optional[int] = None, progress=None) -> Path:
+    """Train (or resume, from ``out/checkpoint``) the generalist and write it as a bundle to ``out``;
+    ``band_channels`` grows the starting model (:func:`with_bands`)."""
     torch.manual_seed(config.seed)
     start = starting_model(None, init, base_spacing, max_spacing)
+    if band_channels is not None:
+        start.model = with_bands(start.model, band_channels)
     crops = SceneCrops(start.normalization, start.crop_size, start.base_spacing, start.max_spacing)
     rank, _, _ = distributed_context()
     checkpoint = Path(out) / "checkpoint" / "state.json"  # a resumed run draws batches anew from here

@@ -23,6 +23,7 @@ from ka2er_core.bundle import save_bundle
 from ka2er_core.data.heldout import write_heldout_dataset
 from ka2er_core.data.realcheck import write_realcheck_dataset
 from ka2er_core.evaluation.report import evaluate_bundle
+from ka2er_core.training.generalist import with_bands
 from ka2er_core.training.promptable import starting_model
 
 
@@ -32,8 +33,13 @@ def mean_curve(report: dict) -> list[float]:
 
 
 def snapshot_bundle(snapshot: Path, init: Path, base: float, maximum: float, out: Path) -> Path:
+    """The snapshot's weights as a bundle of ``init``'s architecture (grown by the snapshot's band
+    features, if it has them) at crop spacings ``base`` and ``maximum``."""
     member = starting_model(None, init, base, maximum)
-    member.model.load_state_dict(load_file(str(snapshot)))
+    weights = load_file(str(snapshot))
+    if "image_encoder.bands.weight" in weights:
+        member.model = with_bands(member.model, weights["image_encoder.bands.weight"].shape[0])
+    member.model.load_state_dict(weights)
     member.model.eval()
     return save_bundle(out, member, training={"snapshot": str(snapshot)})
 

@@ -32,6 +32,21 @@ def component_centre(mask: np.ndarray) -> Optional[tuple[np.ndarray, int]]:
     return np.array([s.start + c for s, c in zip(box, local)]), int(sizes[largest - 1])
 
 
+def interior_points(mask: np.ndarray, count: int) -> np.ndarray:
+    """Up to ``count`` voxel indices (M, mask.ndim) standing for a region (bool, 2D or 3D) as
+    clicks: its deepest voxel (maximum of the distance transform) first, then each next the farthest
+    from those chosen among the voxels at least half as deep (away from the border)."""
+    depth = ndimage.distance_transform_edt(np.pad(mask, 1))[(slice(1, -1),) * mask.ndim]
+    candidates = np.argwhere(depth >= depth.max() / 2)
+    chosen = [np.array(np.unravel_index(int(np.argmax(depth)), depth.shape))]
+    distance = np.linalg.norm(candidates - chosen[0], axis=1)
+    while len(chosen) < count and distance.max() > 0:
+        farthest = candidates[int(np.argmax(distance))]
+        chosen.append(farthest)
+        distance = np.minimum(distance, np.linalg.norm(candidates - farthest, axis=1))
+    return np.array(chosen)
+
+
 TOUCHING = np.ones((3, 3, 3), bool)
 """Voxels that share a face, an edge or a corner are one component (26-connectivity)."""
 

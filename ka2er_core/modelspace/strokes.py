@@ -55,7 +55,7 @@ def lasso_voxels(contour: np.ndarray, grid) -> tuple[tuple[slice, slice, slice],
     closed RAS curve ``contour`` (N, 3) encloses on its slice: (k, j, i) slices one voxel thick along
     the slice's axis, and bool of their shape. The slice is across the voxel axis along which the
     points spread least (at most :data:`LASSO_FLATNESS` voxels); the polygon is projected on it.
-    A curve that is not flat or encloses no voxel centre is a :class:`PromptError`."""
+    A curve that is not flat, encloses no area or no voxel centre is a :class:`PromptError`."""
     ijk = continuous_voxel(contour, grid)
     spread = np.ptp(ijk, axis=0)
     axis = int(np.argmin(spread))
@@ -67,6 +67,10 @@ def lasso_voxels(contour: np.ndarray, grid) -> tuple[tuple[slice, slice, slice],
     index = int(np.clip(np.round(ijk[:, axis].mean()), 0, size[axis] - 1))
     plane = [a for a in range(3) if a != axis][::-1]  # (row, column) axes in (k, j, i) order
     polygon = ijk[:, plane]
+    rows, columns = polygon.T
+    area = abs(np.dot(rows, np.roll(columns, -1)) - np.dot(columns, np.roll(rows, -1))) / 2
+    if area < 1e-3:
+        raise PromptError("the lasso's points lie on a line: it encloses no area", field="lasso")
     low = np.clip(np.floor(polygon.min(axis=0)).astype(int), 0, size[plane] - 1)
     high = np.clip(np.ceil(polygon.max(axis=0)).astype(int), 0, size[plane] - 1)
     inside = fill_polygon(polygon - low, tuple(high - low + 1))

@@ -1,6 +1,8 @@
 """Scribbles and lassos in the session: their point tokens, the voxels a lasso encloses (against
 scikit-image), first prompts and corrections with one undo step each, and bad input refused before
-anything changes."""
+anything changes; over a loopback server, the same masks as in process, and 4xx for bad input."""
+
+import json
 
 import numpy as np
 import pytest
@@ -9,6 +11,7 @@ from skimage.draw import polygon as skimage_polygon
 
 from conftest import random_ijk_to_ras
 from ka2er_core import Volume, load_bundle
+from ka2er_core.data import PHANTOM_LABELS, TEST_SEEDS, ct_phantom
 from ka2er_core.bundle import Bundle, Segmenter
 from ka2er_core.errors import PromptError
 from ka2er_core.geometry import ijk_to_ras_points, ras_to_ijk
@@ -17,7 +20,10 @@ from ka2er_core.modeling import ModelConfig, PromptableSegmenter
 from ka2er_core.modeling.normalization import Normalization
 from ka2er_core.modeling.prompt_encoder import NEGATIVE, POSITIVE
 from ka2er_core.modelspace import Scribble, plan_crop
+from ka2er_core.modelspace.clicks import component_centre
 from ka2er_core.modelspace.strokes import MAX_STROKE_TOKENS, fill_polygon, lasso_voxels
+from ka2er_core.server.wire import encode_volume
+from test_server import TOKEN
 
 SHAPE = (30, 44, 40)  # (k, j, i)
 CENTRE = np.array([20.0, 22.0, 15.0])  # the ball's centre (i, j, k)
@@ -182,12 +188,12 @@ def clicked(tiny, ball_volume):
 
 
 @pytest.mark.parametrize("call, message", [
-    (lambda s, v: s.add_scribble([ras(v, [5, 5, 5])]), "scribble needs 2 to 1000 points, got 1"),
+    (lambda s, v: s.add_scribble([ras(v, [5, 5, 5])]), "scribble needs 2 to 500 points, got 1"),
     (lambda s, v: s.add_scribble("along the edge"), "scribble must be a list of RAS points"),
     (lambda s, v: s.add_scribble([ras(v, [5, 5, 5]), [np.nan, 0, 0]]), "scribble point 1 must be 3 finite"),
-    (lambda s, v: s.add_scribble(np.zeros((1001, 3))), "needs 2 to 1000 points, got 1001"),
+    (lambda s, v: s.add_scribble(np.zeros((501, 3))), "needs 2 to 500 points, got 501"),
     (lambda s, v: s.add_scribble(ras(v, [[5, 5, 5], [500, 5, 5]])), "scribble point 1 RAS .* outside"),
-    (lambda s, v: s.add_lasso(ras(v, [[5, 5, 5], [9, 5, 5]])), "lasso needs 3 to 1000 points, got 2"),
+    (lambda s, v: s.add_lasso(ras(v, [[5, 5, 5], [9, 5, 5]])), "lasso needs 3 to 500 points, got 2"),
     (lambda s, v: s.add_lasso(ras(v, [[5, 5, 5], [9, 9, 9], [12, 5, 14]])), "must lie on one slice"),
     (lambda s, v: s.add_lasso(ras(v, [[5, 5, 5], [9, 5, 5], [13, 5, 5]])), "lie on a line"),
     (lambda s, v: s.add_lasso(ras(v, [[5.1, 5.1, 5], [5.4, 5.1, 5], [5.4, 5.4, 5]])),
@@ -201,3 +207,73 @@ def test_bad_scribbles_and_lassos_are_refused_and_change_nothing(clicked, call, 
     assert error.value.field.split()[0] in ("scribble", "lasso")
     np.testing.assert_array_equal(session.mask, before)
     assert session.undo_depth == 1
+
+
+# ---- over a server ----
+
+
+@pytest.fixture(scope="module")
+def server():
+    from ka2er_core.server.app import Limits, create_app
+    from test_server import LiveServer
+
+    live = LiveServer(create_app(load_bundle(), TOKEN, Limits(max_upload_bytes=8 << 20), device="cpu"))
+    yield live
+    live.stop()
+
+
+def test_scribbles_and_lassos_over_a_server_equal_the_in_process_session(server):
+    from ka2er_core.server.client import RemoteSession
+
+    subject = ct_phantom(TEST_SEEDS[0], shape=(24, 48, 48), spacing=(4.0, 3.0, 3.0), oblique=True)
+    volume, liver = subject.image, subject.label.array == PHANTOM_LABELS["liver"]
+    local, remote = InteractiveSession(load_bundle(), device="cpu"), RemoteSession(server.url, token=TOKEN)
+    assert {"scribble", "lasso"} <= set(remote.prompt_types) and remote.prompt_types == local.prompt_types
+    centre = component_centre(liver)[0][::-1].astype(float)  # (i, j, k)
+    inside = np.argwhere(liver)[:, ::-1]
+    along = inside[np.argsort(inside[:, 0])][[len(inside) // 5, len(inside) // 2, 4 * len(inside) // 5]]
+    steps = [("scribble", (ras(volume, along), True)),
+             ("lasso", (ras(volume, ring(centre, 2.5, across=2)), False)),
+             ("lasso", (ras(volume, ring(centre, 4, across=1)), True)),
+             ("scribble", (ras(volume, [centre + (0, 6, 0), centre + (0, 9, 0)]), False))]
+    for session in (local, remote):
+        session.set_image(volume)
+    for kind, (points, positive) in steps:
+        a = getattr(local, f"add_{kind}")(points, positive)
+        b = getattr(remote, f"add_{kind}")(points, positive)
+        np.testing.assert_array_equal(local.mask, remote.mask)
+        assert a.region == b.region and a.member == b.member and abs(a.score - b.score) < 1e-5
+        assert local.undo_depth == remote.undo_depth
+    assert dice(remote.mask > 0, liver) > 0.5
+    assert local.undo() == remote.undo()
+    np.testing.assert_array_equal(local.mask, remote.mask)
+    remote.close()
+
+
+def test_bad_scribbles_and_lassos_get_4xx_naming_the_field_and_the_server_keeps_serving(server):
+    volume = Volume(np.zeros((20, 30, 30), np.float32), np.diag([2.0, 2.0, 3.0, 1.0]))
+    status, reply = server.raw("POST", "/sessions", encode_volume(volume))
+    assert status == 201
+    base = f"/sessions/{reply['session']}/targets/one"
+    json_headers = {"Content-Type": "application/json"}
+    square = [[10, 10, 20], [30, 10, 20], [30, 30, 20], [10, 30, 20]]
+    cases = [
+        ("scribbles", b'{"points": "along", "positive": true}', "points"),
+        ("scribbles", b'{"points": [[1, 2, 3], [NaN, 2, 3]]}', "points.1"),
+        ("scribbles", json.dumps({"points": square, "positive": "yes"}).encode(), "positive"),
+        ("scribbles", json.dumps({"points": square, "extra": 1}).encode(), "extra"),
+        ("lassos", json.dumps({"points": [[1.0, 2.0, 3.0]] * 501}).encode(), "points"),
+        ("scribbles", json.dumps({"points": [[10, 10, 20]]}).encode(), "scribble: scribble needs 2"),
+        ("scribbles", json.dumps({"points": [[10, 10, 20], [900, 10, 20]]}).encode(),
+         "scribble point 1: scribble point 1 RAS"),
+        ("lassos", json.dumps({"points": [[10, 10, 3], [30, 10, 20], [30, 30, 40]]}).encode(),
+         "lasso: a lasso must lie on one slice"),
+    ]
+    for route, body, expected in cases:
+        status, reply = server.raw("POST", f"{base}/{route}", body, json_headers)
+        assert status == 422 and expected in reply["detail"], (route, body[:60], status, reply)
+    status, reply = server.raw("POST", f"{base}/lassos", json.dumps({"points": square}).encode(),
+                               json_headers)
+    assert status == 200 and reply["undo_depth"] == 1
+    bits = reply["changed"]
+    assert bits is not None and [s1 - s0 for s0, s1 in bits["region"]][0] >= 1

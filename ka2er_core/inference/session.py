@@ -64,7 +64,7 @@ class InteractiveSession:
                               "segment with it without prompts (ka2er segment)", path=self.bundle.path)
         self.models = ImageModels(self.bundle, self.device)
         self.router = self.models.router
-        self.prompt_types = prompt_types(self.bundle)  # "point", and "box" if every member takes boxes
+        self.prompt_types = prompt_types(self.bundle)  # "point", "box" if every member takes it, ...
         self.pinned: Optional[str] = None
         """The member answering every prompt (None: the gate decides, or the default member)."""
         self.volume: Optional[Volume] = None

@@ -8,8 +8,9 @@ import numpy as np
 from ..errors import PromptError
 from .voxels import continuous_voxel
 
-MAX_STROKE_POINTS = 1000
-"""Points a scribble or lasso may have (a Markups curve has a few dozen control points)."""
+MAX_STROKE_POINTS = 500
+"""Points a scribble or lasso may have (a Markups curve has a few dozen control points; 500 points
+fit in a server request)."""
 MAX_STROKE_TOKENS = 8
 """Point tokens one scribble or lasso becomes (the model was trained on a handful of clicks)."""
 LASSO_FLATNESS = 1.5

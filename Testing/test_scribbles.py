@@ -1,6 +1,7 @@
 """Scribbles and lassos in the session: their point tokens, the voxels a lasso encloses (against
 scikit-image), first prompts and corrections with one undo step each, and bad input refused before
-anything changes; over a loopback server, the same masks as in process, and 4xx for bad input."""
+anything changes; over a loopback server, the same masks as in process, and 4xx for bad input; the
+click simulation's scribbles and lassos, and a training step on them."""
 
 import json
 
@@ -20,7 +21,7 @@ from ka2er_core.modeling import ModelConfig, PromptableSegmenter
 from ka2er_core.modeling.normalization import Normalization
 from ka2er_core.modeling.prompt_encoder import NEGATIVE, POSITIVE
 from ka2er_core.modelspace import Scribble, plan_crop
-from ka2er_core.modelspace.clicks import component_centre
+from ka2er_core.modelspace.clicks import component_centre, next_stroke
 from ka2er_core.modelspace.strokes import MAX_STROKE_TOKENS, fill_polygon, lasso_voxels
 from ka2er_core.server.wire import encode_volume
 from test_server import TOKEN
@@ -277,3 +278,62 @@ def test_bad_scribbles_and_lassos_get_4xx_naming_the_field_and_the_server_keeps_
     assert status == 200 and reply["undo_depth"] == 1
     bits = reply["changed"]
     assert bits is not None and [s1 - s0 for s0, s1 in bits["region"]][0] >= 1
+
+
+# ---- click simulation: the model learns scribbles and lassos ----
+
+
+def ellipsoid(shape, centre, radii):
+    k, j, i = np.indices(shape)
+    return sum(((c - m) / r) ** 2 for c, m, r in zip((k, j, i), centre, radii)) < 1
+
+
+def test_simulated_scribbles_and_lassos_lie_in_the_largest_error_with_its_sign():
+    truth = ellipsoid((32, 32, 32), (16, 16, 16), (6, 8, 13))
+    missed = truth & (np.indices(truth.shape)[0] > 18)  # a slab of the truth, long along i
+    prediction = truth & ~missed
+    kinds = set()
+    for seed in range(12):
+        points, positive = next_stroke(prediction, truth, np.random.default_rng(seed), 6)
+        assert positive and 2 <= len(points) <= 6
+        assert missed[tuple(points.T)].all()  # every point in the missed region
+        flat = [axis for axis in range(3) if np.ptp(points[:, axis]) == 0]
+        kinds.add("lasso" if flat else "scribble")
+        if not flat:
+            assert np.ptp(points[:, 2]) > 12  # along the region's long axis (i)
+    assert kinds == {"lasso", "scribble"}
+
+    extra = ellipsoid(truth.shape, (16, 16, 28), (3, 3, 3)) & ~truth
+    points, positive = next_stroke(truth | extra, truth, np.random.default_rng(0), 4)
+    assert not positive and extra[tuple(points.T)].all()
+    assert next_stroke(truth, truth, np.random.default_rng(0), 4) is None
+
+
+def test_a_training_step_learns_from_simulated_strokes(monkeypatch):
+    import ka2er_core.training.promptable as promptable
+    from dataclasses import replace
+    from ka2er_core.training.samples import CropSample
+
+    monkeypatch.setattr(promptable, "STROKE_PROBABILITY", 1.0)  # every correction a stroke
+    torch.manual_seed(0)
+    model = PromptableSegmenter(replace(ModelConfig.tiny(), crop_size=32))
+    rng = np.random.default_rng(0)
+    samples = []
+    for centre in ((14, 16, 18), (17, 15, 12)):
+        truth = ellipsoid((32, 32, 32), centre, (5, 7, 9))
+        image = np.where(truth, 1.0, -1.0).astype(np.float32) + rng.normal(0, 0.1, truth.shape)
+        samples.append(CropSample(image.astype(np.float32), truth, np.array([centre[::-1]], float),
+                                  np.array([POSITIVE]), "task", "target"))
+    batch = promptable.collate(samples, rng, max_extra_clicks=2, correct_probability=0.0)
+    batch["extra_clicks"] = 2
+    seen = []
+    decode = model.decode
+    monkeypatch.setattr(model, "decode", lambda embedding, coords, labels, mask: seen.append(
+        labels.clone()) or decode(embedding, coords, labels, mask))
+    loss, metrics = promptable.PromptableStep(model)(**batch)
+    loss.backward()
+    assert torch.isfinite(loss) and any(p.grad is not None and p.grad.abs().sum() > 0
+                                        for p in model.parameters())
+    trained = seen[-1]  # the trained prediction saw the first click and two strokes per item
+    assert trained.shape[1] >= 1 + 2 * 2
+    assert ((trained == POSITIVE) | (trained == NEGATIVE)).sum(dim=1).min() >= 1 + 2 * 2

@@ -34,7 +34,8 @@ CENTRE = np.array([20.0, 22.0, 15.0])  # the ball's centre (i, j, k)
 def tiny():
     torch.manual_seed(0)
     model = PromptableSegmenter(ModelConfig.tiny()).eval()
-    return Bundle(None, "student", {"general": Segmenter("general", model, Normalization("mr"), 1.5, 4.0)})
+    member = Segmenter("general", model, Normalization("mr"), 1.5, 4.0)
+    return Bundle(None, "student", {"general": member})
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +80,7 @@ def test_a_scribble_is_at_most_8_tokens_evenly_along_its_part_inside_the_crop():
     assert np.all((coords >= 0) & (coords <= 31))  # inside the crop only
     steps = np.diff(ras_tokens[:, 0])
     assert np.all(steps > 0) and np.ptp(steps) < 1.0  # evenly spaced, in order
-    assert ras_tokens[0, 0] == pytest.approx(0.0) and ras_tokens[-1, 0] > 20  # from its start to the crop's edge
+    assert ras_tokens[0, 0] == pytest.approx(0.0) and ras_tokens[-1, 0] > 20  # start to crop edge
 
 
 def test_the_lasso_fills_what_scikit_image_fills_on_an_oblique_volume(rng):
@@ -155,13 +156,14 @@ def test_scribbles_become_the_models_point_tokens_as_first_prompt_and_correction
     crop, (coords, labels) = seen[-1]
     assert 2 <= len(labels) <= MAX_STROKE_TOKENS and set(labels) == {POSITIVE}
     on_line = ras_to_ijk(ijk_to_ras_points(coords, crop.ijk_to_ras), volume.ijk_to_ras)
-    assert np.all(np.abs(on_line[:, 2] - 15) < 0.01) and on_line[:, 0].min() < 14 and on_line[:, 0].max() > 26
+    assert np.all(np.abs(on_line[:, 2] - 15) < 0.01)  # on the scribble's slice, end to end
+    assert on_line[:, 0].min() < 14 and on_line[:, 0].max() > 26
     assert result.region is not None and session.undo_depth == 1
 
     before = session.mask.copy()
     session.add_scribble(ras(volume, [[5, 5, 5], [8, 6, 5]]), positive=False)
     _, (coords, labels) = seen[-1]
-    assert labels.count(NEGATIVE) >= 2 and labels.count(POSITIVE) == labels.count(POSITIVE)
+    assert labels.count(NEGATIVE) >= 2 and labels.count(POSITIVE) >= 2  # the first scribble stays
     assert session.undo_depth == 2
     session.undo()
     np.testing.assert_array_equal(session.mask, before)
@@ -191,7 +193,8 @@ def clicked(tiny, ball_volume):
 @pytest.mark.parametrize("call, message", [
     (lambda s, v: s.add_scribble([ras(v, [5, 5, 5])]), "scribble needs 2 to 500 points, got 1"),
     (lambda s, v: s.add_scribble("along the edge"), "scribble must be a list of RAS points"),
-    (lambda s, v: s.add_scribble([ras(v, [5, 5, 5]), [np.nan, 0, 0]]), "scribble point 1 must be 3 finite"),
+    (lambda s, v: s.add_scribble([ras(v, [5, 5, 5]), [np.nan, 0, 0]]),
+     "scribble point 1 must be 3 finite"),
     (lambda s, v: s.add_scribble(np.zeros((501, 3))), "needs 2 to 500 points, got 501"),
     (lambda s, v: s.add_scribble(ras(v, [[5, 5, 5], [500, 5, 5]])), "scribble point 1 RAS .* outside"),
     (lambda s, v: s.add_lasso(ras(v, [[5, 5, 5], [9, 5, 5]])), "lasso needs 3 to 500 points, got 2"),
@@ -228,8 +231,10 @@ def test_scribbles_and_lassos_over_a_server_equal_the_in_process_session(server)
 
     subject = ct_phantom(TEST_SEEDS[0], shape=(24, 48, 48), spacing=(4.0, 3.0, 3.0), oblique=True)
     volume, liver = subject.image, subject.label.array == PHANTOM_LABELS["liver"]
-    local, remote = InteractiveSession(load_bundle(), device="cpu"), RemoteSession(server.url, token=TOKEN)
-    assert {"scribble", "lasso"} <= set(remote.prompt_types) and remote.prompt_types == local.prompt_types
+    local = InteractiveSession(load_bundle(), device="cpu")
+    remote = RemoteSession(server.url, token=TOKEN)
+    assert {"scribble", "lasso"} <= set(remote.prompt_types)
+    assert remote.prompt_types == local.prompt_types
     centre = component_centre(liver)[0][::-1].astype(float)  # (i, j, k)
     inside = np.argwhere(liver)[:, ::-1]
     along = inside[np.argsort(inside[:, 0])][[len(inside) // 5, len(inside) // 2, 4 * len(inside) // 5]]

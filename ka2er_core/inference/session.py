@@ -1,4 +1,5 @@
-"""The interactive session: RAS clicks, boxes, scribbles and lassos in, masks on the volume's own grid out.
+"""The interactive session: RAS clicks, boxes, scribbles and lassos in, masks on the volume's own
+grid out.
 
 The session decides where the model looks (a crop around the prompts, zoomed out until the object
 fits, or a close look around a correcting click) and which member answers (:class:`Router`); the

@@ -333,18 +333,21 @@ def create_app(bundle: Bundle, token: Optional[str], limits: Limits = Limits(),
         return await once(session_id, "boxes", target, request_id,
                           prompt(target, lambda s: s.add_box(body.corner_a, body.corner_b)))
 
-    @app.post("/sessions/{session_id}/targets/{target}/scribbles", dependencies=secured, responses=ERRORS)
+    @app.post("/sessions/{session_id}/targets/{target}/scribbles", dependencies=secured,
+              responses=ERRORS)
     async def add_scribble(session_id: SessionId, target: TargetName, body: StrokeRequest,
                            request_id: RequestId = None) -> PromptReply:
+        """A polyline (2 or more points) on the target (positive) or off it."""
         return await once(session_id, "scribbles", target, request_id,
-                          prompt(target, lambda s: s.add_scribble(body.points, positive=body.positive)))
+                          prompt(target, lambda s: s.add_scribble(body.points, body.positive)))
 
-    @app.post("/sessions/{session_id}/targets/{target}/lassos", dependencies=secured, responses=ERRORS)
+    @app.post("/sessions/{session_id}/targets/{target}/lassos", dependencies=secured,
+              responses=ERRORS)
     async def add_lasso(session_id: SessionId, target: TargetName, body: StrokeRequest,
                         request_id: RequestId = None) -> PromptReply:
         """A closed curve on one slice: its enclosed voxels are in the target (positive) or out."""
         return await once(session_id, "lassos", target, request_id,
-                          prompt(target, lambda s: s.add_lasso(body.points, positive=body.positive)))
+                          prompt(target, lambda s: s.add_lasso(body.points, body.positive)))
 
     @app.post("/sessions/{session_id}/targets/{target}/undo", dependencies=secured, responses=ERRORS)
     async def undo(session_id: SessionId, target: TargetName, request_id: RequestId = None) -> UndoReply:

@@ -24,11 +24,11 @@ from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoada
                                            ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
 from slicer.util import VTKObservationMixin
 
-from KA2ERSegmentLib.choices import (AUTO, DEVICES, PROMPT_NODES, ModelSource, PromptKind,
-                                     offered_kinds, source_kind)
+from KA2ERSegmentLib.choices import (AUTO, CURVE_KINDS, DEVICES, PROMPT_NODES, ModelSource,
+                                     PromptKind, offered_kinds, source_kind)
 from KA2ERSegmentLib.dependencies import DependencyInstaller
 from KA2ERSegmentLib.errors import SceneError, describe_error
-from KA2ERSegmentLib.geometry import box_world, engine_volume, point_world
+from KA2ERSegmentLib.geometry import box_world, curve_world, engine_volume, point_world
 from KA2ERSegmentLib.segments import read_segment, segment_ids, write_region
 from KA2ERSegmentLib.targets import TargetSync, seed_targets
 from KA2ERSegmentLib.worker import Job, Worker
@@ -37,7 +37,9 @@ CHECKOUT = Path(__file__).resolve().parents[1]
 if (CHECKOUT / "ka2er_core").is_dir() and str(CHECKOUT) not in sys.path:
     sys.path.append(str(CHECKOUT))  # run from a source checkout: the engine sits beside the module
 
-PLACE_KEYS = {"A": PromptKind.POSITIVE_POINT, "S": PromptKind.NEGATIVE_POINT, "D": PromptKind.BOX}
+PLACE_KEYS = {"A": PromptKind.POSITIVE_POINT, "S": PromptKind.NEGATIVE_POINT, "D": PromptKind.BOX,
+              "F": PromptKind.POSITIVE_SCRIBBLE, "G": PromptKind.NEGATIVE_SCRIBBLE,
+              "C": PromptKind.POSITIVE_LASSO, "V": PromptKind.NEGATIVE_LASSO}
 ACTION_KEYS = {"Z": "undo", "R": "reset", "N": "next segment"}
 SHORTCUTS = {**{key: kind.value for key, kind in PLACE_KEYS.items()}, **ACTION_KEYS}
 
@@ -50,8 +52,9 @@ class KA2ERSegment(ScriptedLoadableModule):
         self.parent.dependencies = []
         self.parent.contributors = ["KA2ER Segment developers"]
         self.parent.helpText = (
-            "Click positive and negative points or drag a box; a promptable 3D model returns the "
-            "segment, and each further click corrects it. Shortcuts: "
+            "Click positive and negative points, drag a box, draw a scribble (a curve) or a lasso (a "
+            "closed curve on one slice); a promptable 3D model returns the segment, and each further "
+            "prompt corrects it. Shortcuts: "
             + ", ".join(f"{key} {action}" for key, action in SHORTCUTS.items()) + ".")
         self.parent.acknowledgementText = (
             "Models after KA2ER (amalgamated task experts) and SAM-Med3D-MoE. The shipped models are "
@@ -256,6 +259,24 @@ class KA2ERSegmentLogic(ScriptedLoadableModuleLogic, VTKObservationMixin):
 
         self._prompt("point", lambda session: session.add_point(ras, positive), markupsNode, failed)
 
+    def addCurve(self, curveNode, positive: bool = True) -> None:
+        """A Markups curve became a prompt: an open curve a scribble, a closed one (drawn on one
+        slice) a lasso whose enclosed voxels are in the target (negative: out of it). If the engine
+        refuses it, the curve is cleared."""
+        start = time.perf_counter()
+        points = curve_world(curveNode)
+        self.lastSceneMs["prompt"] = (time.perf_counter() - start) * 1000
+        if curveNode.GetCurveClosed():
+            kind, call = "lasso", lambda session: session.add_lasso(points, positive)
+        else:
+            kind, call = "scribble", lambda session: session.add_scribble(points, positive)
+
+        def failed(error):
+            curveNode.RemoveAllControlPoints()
+            self._report(error)
+
+        self._prompt(kind, call, None, failed)
+
     def addBox(self, roiNode) -> None:
         start = time.perf_counter()
         low, high = box_world(roiNode)
@@ -307,8 +328,9 @@ class KA2ERSegmentLogic(ScriptedLoadableModuleLogic, VTKObservationMixin):
         return node if node is not None else slicer.mrmlScene.AddNewNodeByClass(className, name)
 
     def promptNodes(self):
-        """The positive and negative point lists and the box, in :class:`PromptKind` order."""
-        return tuple(self.promptNode(kind) for kind in PromptKind)
+        """The positive and negative point lists and the box."""
+        return tuple(self.promptNode(kind) for kind in (PromptKind.POSITIVE_POINT,
+                                                        PromptKind.NEGATIVE_POINT, PromptKind.BOX))
 
     # -- scene events --
 
@@ -531,7 +553,11 @@ class KA2ERSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.newSegmentButton.connect("clicked()", lambda: self.chooseTarget(""))
         self.placeButtons = {PromptKind.POSITIVE_POINT: self.ui.positivePointButton,
                              PromptKind.NEGATIVE_POINT: self.ui.negativePointButton,
-                             PromptKind.BOX: self.ui.boxButton}
+                             PromptKind.BOX: self.ui.boxButton,
+                             PromptKind.POSITIVE_SCRIBBLE: self.ui.positiveScribbleButton,
+                             PromptKind.NEGATIVE_SCRIBBLE: self.ui.negativeScribbleButton,
+                             PromptKind.POSITIVE_LASSO: self.ui.positiveLassoButton,
+                             PromptKind.NEGATIVE_LASSO: self.ui.negativeLassoButton}
         for kind, button in self.placeButtons.items():
             button.connect("toggled(bool)", lambda on, kind=kind: self.place(on, kind))
         self.ui.undoButton.connect("clicked()", lambda: self.guarded(self.logic.undo))
@@ -539,6 +565,8 @@ class KA2ERSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.nextSegmentButton.connect("clicked()", lambda: self.chooseTarget(""))
         self.updateModelFields()
         self.observePromptNodes()
+        interaction = slicer.app.applicationLogic().GetInteractionNode()
+        self.addObserver(interaction, interaction.EndPlacementEvent, self.onEndPlacement)
 
         self.timer = qt.QTimer()
         self.timer.setInterval(30)
@@ -713,7 +741,7 @@ class KA2ERSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         if self.guarded(self.logic.setTarget, segmentId) is None:
             return
-        for kind in (PromptKind.POSITIVE_POINT, PromptKind.NEGATIVE_POINT):
+        for kind in (PromptKind.POSITIVE_POINT, PromptKind.NEGATIVE_POINT, *CURVE_KINDS):
             self.logic.promptNode(kind).RemoveAllControlPoints()
 
     def place(self, on: bool, kind):
@@ -737,7 +765,7 @@ class KA2ERSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         selection = slicer.app.applicationLogic().GetSelectionNode()
         selection.SetReferenceActivePlaceNodeClassName(node.GetClassName())
         selection.SetActivePlaceNodeID(node.GetID())
-        if kind is PromptKind.BOX:  # a new box replaces the old one: drag it once
+        if kind is PromptKind.BOX or kind in CURVE_KINDS:  # a new one replaces the old: draw it once
             node.RemoveAllControlPoints()
             interaction.SwitchToSinglePlaceMode()
         else:
@@ -745,11 +773,11 @@ class KA2ERSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def observePromptNodes(self):
         """Colour the scene's prompt nodes and run a prediction when a prompt is placed."""
-        nodes = dict(zip(PromptKind, self.logic.promptNodes()))
+        nodes = {kind: self.logic.promptNode(kind) for kind in PromptKind}
         for kind, node in nodes.items():
             node.CreateDefaultDisplayNodes()
             node.GetDisplayNode().SetSelectedColor(*PROMPT_NODES[kind].color)
-        positive, negative, box = (nodes[kind] for kind in PromptKind)
+        positive, negative, box = self.logic.promptNodes()
         self.addObserver(positive, positive.PointPositionDefinedEvent, self.onPositivePoint)
         self.addObserver(negative, negative.PointPositionDefinedEvent, self.onNegativePoint)
         self.addObserver(box, box.PointPositionDefinedEvent, self.onBox)
@@ -765,6 +793,16 @@ class KA2ERSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if caller.GetControlPointPlacementComplete():
             self.placeButtons[PromptKind.BOX].checked = False
             self.guarded(self.logic.addBox, caller)
+
+    def onEndPlacement(self, caller, event):
+        """A curve being drawn is finished (double-click or right-click): it becomes a scribble or
+        a lasso, and its button is released."""
+        for kind in CURVE_KINDS:
+            if self.placeButtons[kind].checked:
+                self.placeButtons[kind].checked = False
+                node = self.logic.promptNode(kind)
+                if node.GetNumberOfControlPoints():
+                    self.guarded(self.logic.addCurve, node, kind.positive)
 
     def poll(self):
         """GUI timer: deliver finished work, show progress while the worker is busy."""

@@ -223,6 +223,20 @@ class vtkMRMLMarkupsFiducialNode(vtkMRMLMarkupsNode):
     """A point list: all of vtkMRMLMarkupsNode."""
 
 
+class vtkMRMLMarkupsCurveNode(vtkMRMLMarkupsNode):
+    """An open curve through its control points."""
+
+    def GetCurveClosed(self):
+        return False
+
+
+class vtkMRMLMarkupsClosedCurveNode(vtkMRMLMarkupsCurveNode):
+    """A curve whose last control point joins its first."""
+
+    def GetCurveClosed(self):
+        return True
+
+
 class vtkMRMLMarkupsROINode(vtkMRMLMarkupsNode):
     """A box aligned with the node's local axes: center (control point 0, as in Slicer) and size."""
 
@@ -490,7 +504,7 @@ class vtkMRMLScene(vtk.vtkObject):
 STANDIN_CLASSES = {cls.__name__: cls for cls in (
     vtkMRMLScene, vtkMRMLNode, vtkMRMLScriptedModuleNode, vtkMRMLTransformableNode,
     vtkMRMLLinearTransformNode, vtkMRMLScalarVolumeNode, vtkMRMLMarkupsNode, vtkMRMLMarkupsFiducialNode,
-    vtkMRMLMarkupsROINode,
+    vtkMRMLMarkupsROINode, vtkMRMLMarkupsCurveNode, vtkMRMLMarkupsClosedCurveNode,
     vtkMRMLSegmentationNode, vtkSegmentation, vtkSegment, vtkOrientedImageData,
     vtkSlicerSegmentationsModuleLogic)}
 """Slicer class name -> the stand-in class imitating it (same name)."""

@@ -163,7 +163,7 @@ def test_an_imported_sam_med3d_and_nnunet_expert_work_in_every_command(imported)
                 assert time.monotonic() < deadline, "the server did not answer /health in 60 s"
                 time.sleep(0.3)
         remote = RemoteSession(url, token="t" * 40)
-        assert remote.prompt_types == ("point",)
+        assert remote.prompt_types == ("point", "scribble", "lasso")
         remote.set_image(image)
         answer = remote.add_point(click)
         assert answer.member in ("general", "ct") and remote.mask.shape == image.array.shape

@@ -28,9 +28,10 @@ def points_only(tmp_path_factory):
 
 
 def test_bundles_say_which_prompts_they_take(points_only):
-    assert prompt_types(load_bundle()) == ("point", "box")  # read off bundle.json, nothing loaded
-    assert prompt_types(load_bundle(STUDENT_BUNDLE)) == ("point", "box")
-    assert prompt_types(load_bundle(points_only)) == ("point",)
+    both = ("point", "box", "scribble", "lasso")  # scribbles and lassos go as points
+    assert prompt_types(load_bundle()) == both  # read off bundle.json, nothing loaded
+    assert prompt_types(load_bundle(STUDENT_BUNDLE)) == both
+    assert prompt_types(load_bundle(points_only)) == ("point", "scribble", "lasso")
 
 
 def test_a_points_only_model_refuses_a_box_and_keeps_the_mask(points_only):
@@ -63,7 +64,7 @@ def test_evaluate_and_serve_honour_the_prompts_a_model_takes(points_only, tmp_pa
     token = "p" * 32
     server = BackgroundServer(create_app(load_bundle(points_only), token, device="cpu"))
     try:
-        assert RemoteSession(server.url, token=token).prompt_types == ("point",)
+        assert RemoteSession(server.url, token=token).prompt_types == ("point", "scribble", "lasso")
     finally:
         server.stop()
 

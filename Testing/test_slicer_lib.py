@@ -147,5 +147,7 @@ def test_the_module_requires_what_pyproject_requires():
 def test_a_points_only_model_is_offered_no_box_tool():
     from KA2ERSegmentLib.choices import PromptKind, offered_kinds
 
-    assert offered_kinds(("point", "box")) == list(PromptKind)
+    assert offered_kinds(("point", "box", "scribble", "lasso")) == list(PromptKind)
+    assert offered_kinds(("point", "scribble", "lasso")) == [kind for kind in PromptKind
+                                                             if kind is not PromptKind.BOX]
     assert offered_kinds(("point",)) == [PromptKind.POSITIVE_POINT, PromptKind.NEGATIVE_POINT]

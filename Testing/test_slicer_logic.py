@@ -512,3 +512,58 @@ def test_without_overlap_other_segments_are_background_to_a_click(slicer, logic)
     mask = segment_array(logic, segment_id)
     assert logic.errors == [] and (mask & painted).sum() > 0.5 * painted.sum()
     assert not (mask & kept).any() and made[True] not in logic.session.targets
+
+
+def test_a_curve_is_a_scribble_and_a_closed_curve_a_lasso_with_undo(slicer, logic):
+    from KA2ERSegmentLib.choices import PromptKind
+    from ka2er_core.modelspace.strokes import lasso_voxels
+
+    volume, ijk_to_ras, ball, centre = oblique_ball_volume(slicer)
+    moved = np.eye(4)
+    moved[:3, 3] = (4.0, -6.0, 9.0)
+    volume.SetAndObserveTransformNodeID(linear_transform(slicer, moved).GetID())
+    logic.setVolume(volume)
+    segment_id = logic.setTarget("")
+    logic.worker.wait()
+    sent, add_scribble = [], logic.session.add_scribble
+    logic.session.add_scribble = lambda points, positive=True: sent.append(
+        (np.array(points), positive)) or add_scribble(points, positive)
+    world = lambda ijk: (moved @ ijk_to_ras @ np.append(ijk, 1.0))[:3]  # noqa: E731
+
+    scribble = logic.promptNode(PromptKind.POSITIVE_SCRIBBLE)
+    path = [world(p) for p in ([12.0, 22.0, 15.0], [20.0, 24.0, 15.0], [28.0, 22.0, 15.0])]
+    for point in path:
+        scribble.AddControlPointWorld(list(point))
+    logic.addCurve(scribble, True)
+    logic.worker.wait()
+    assert logic.errors == [] and len(sent) == 1 and sent[0][1] is True
+    np.testing.assert_allclose(sent[0][0], path, atol=1e-9)  # world RAS, the transform applied
+    after_scribble = segment_array(logic, segment_id)
+    assert dice(after_scribble > 0, ball) > 0.5
+
+    lasso = logic.promptNode(PromptKind.NEGATIVE_LASSO)
+    angles = np.linspace(0, 2 * np.pi, 12, endpoint=False)
+    ring = [world([20 + 4 * np.cos(a), 22 + 4 * np.sin(a), 15.0]) for a in angles]
+    for point in ring:
+        lasso.AddControlPointWorld(list(point))
+    logic.addCurve(lasso, False)
+    logic.worker.wait()
+    assert logic.errors == []
+    region, filled = lasso_voxels(np.array(ring), logic.volume)
+    after_lasso = segment_array(logic, segment_id)
+    assert filled.sum() > 30 and after_scribble[region][filled].all()
+    assert not after_lasso[region][filled].any()  # the drawn region is out of the segment
+
+    logic.undo()
+    logic.worker.wait()
+    np.testing.assert_array_equal(segment_array(logic, segment_id), after_scribble)
+
+    tilted = logic.promptNode(PromptKind.POSITIVE_LASSO)
+    for point in ([14.0, 18.0, 8.0], [26.0, 18.0, 15.0], [20.0, 28.0, 22.0]):
+        tilted.AddControlPointWorld(list(world(point)))
+    logic.addCurve(tilted, True)
+    logic.worker.wait()
+    assert len(logic.errors) == 1 and "one slice" in logic.errors[0]
+    assert tilted.GetNumberOfControlPoints() == 0  # the refused curve is cleared
+    np.testing.assert_array_equal(segment_array(logic, segment_id), after_scribble)
+    assert logic.session.undo_depth == 1

@@ -17,11 +17,24 @@ class PromptKind(enum.Enum):
     POSITIVE_POINT = "positive point"
     NEGATIVE_POINT = "negative point"
     BOX = "box"
+    POSITIVE_SCRIBBLE = "positive scribble"
+    NEGATIVE_SCRIBBLE = "negative scribble"
+    POSITIVE_LASSO = "positive lasso"
+    NEGATIVE_LASSO = "negative lasso"
+
+    @property
+    def positive(self) -> bool:
+        """Whether it marks the target (a box always does)."""
+        return not self.value.startswith("negative")
 
 
 PROMPT_TYPE = {PromptKind.POSITIVE_POINT: "point", PromptKind.NEGATIVE_POINT: "point",
-               PromptKind.BOX: "box"}
+               PromptKind.BOX: "box",
+               PromptKind.POSITIVE_SCRIBBLE: "scribble", PromptKind.NEGATIVE_SCRIBBLE: "scribble",
+               PromptKind.POSITIVE_LASSO: "lasso", PromptKind.NEGATIVE_LASSO: "lasso"}
 """The engine's name (a session's ``prompt_types``) for what each kind places."""
+CURVE_KINDS = tuple(kind for kind, name in PROMPT_TYPE.items() if name in ("scribble", "lasso"))
+"""Kinds drawn as a Markups curve, sent once its placement ends."""
 
 
 def offered_kinds(prompt_types) -> list[PromptKind]:
@@ -42,6 +55,14 @@ PROMPT_NODES = {
     PromptKind.POSITIVE_POINT: PromptNode("vtkMRMLMarkupsFiducialNode", "KA2ER +", (0.2, 0.9, 0.2)),
     PromptKind.NEGATIVE_POINT: PromptNode("vtkMRMLMarkupsFiducialNode", "KA2ER -", (0.95, 0.2, 0.2)),
     PromptKind.BOX: PromptNode("vtkMRMLMarkupsROINode", "KA2ER box", (0.9, 0.8, 0.1)),
+    PromptKind.POSITIVE_SCRIBBLE: PromptNode("vtkMRMLMarkupsCurveNode", "KA2ER scribble +",
+                                             (0.2, 0.9, 0.2)),
+    PromptKind.NEGATIVE_SCRIBBLE: PromptNode("vtkMRMLMarkupsCurveNode", "KA2ER scribble -",
+                                             (0.95, 0.2, 0.2)),
+    PromptKind.POSITIVE_LASSO: PromptNode("vtkMRMLMarkupsClosedCurveNode", "KA2ER lasso +",
+                                          (0.2, 0.9, 0.2)),
+    PromptKind.NEGATIVE_LASSO: PromptNode("vtkMRMLMarkupsClosedCurveNode", "KA2ER lasso -",
+                                          (0.95, 0.2, 0.2)),
 }
 
 

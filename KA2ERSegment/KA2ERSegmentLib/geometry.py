@@ -69,6 +69,14 @@ def point_world(markups_node, index: int) -> np.ndarray:
     return np.array(position)
 
 
+def curve_world(curve_node) -> np.ndarray:
+    """The control points (N, 3) of a Markups curve in world RAS mm (N >= 1)."""
+    count = curve_node.GetNumberOfControlPoints()
+    if count == 0:
+        raise SceneError(f"{curve_node.GetName()} has no points yet: draw it in a slice view first")
+    return np.array([point_world(curve_node, index) for index in range(count)])
+
+
 def box_world(roi_node) -> tuple[np.ndarray, np.ndarray]:
     """Opposite corners (low, high) of the world axis-aligned box around a markups ROI."""
     bounds = [0.0] * 6

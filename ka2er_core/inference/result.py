@@ -10,6 +10,7 @@ import numpy as np
 
 from ..errors import GeometryMismatchError, PromptError
 from ..geometry import box_corners, ijk_to_ras_points, ras_box_to_ijk
+from ..modelspace.strokes import MAX_STROKE_POINTS, lasso_voxels
 from ..modelspace.voxels import continuous_voxel
 from ..volume import Volume
 
@@ -66,6 +67,34 @@ def check_point(volume: Volume, ras, what: str) -> np.ndarray:
         raise PromptError(f"{what} RAS {point.round(2).tolist()} is outside the image "
                           f"(voxel {ijk.round(1).tolist()}, size {volume.shape[::-1]})", field=what)
     return point
+
+
+def check_stroke(volume: Volume, points, what: str, minimum: int) -> np.ndarray:
+    """``points`` as (N, 3) finite RAS mm inside ``volume``, ``minimum`` <= N <=
+    :data:`MAX_STROKE_POINTS`, else :class:`PromptError` naming ``what`` (and the first bad point)."""
+    try:
+        array = np.asarray(points, dtype=np.float64)
+    except (TypeError, ValueError):
+        array = None
+    if array is None or array.ndim != 2 or array.shape[1:] != (3,):
+        raise PromptError(f"{what} must be a list of RAS points (x, y, z)", field=what)
+    if not minimum <= len(array) <= MAX_STROKE_POINTS:
+        raise PromptError(f"{what} needs {minimum} to {MAX_STROKE_POINTS} points, got {len(array)}",
+                          field=what)
+    ijk = continuous_voxel(np.where(np.isfinite(array), array, 0.0), volume)
+    bad = ~np.isfinite(array).all(axis=1) | np.any(ijk < -0.5, axis=1) | np.any(
+        ijk > np.asarray(volume.shape[::-1]) - 0.5, axis=1)
+    if bad.any():
+        first = int(np.argmax(bad))
+        check_point(volume, array[first], f"{what} point {first}")
+    return array
+
+
+def check_lasso(volume: Volume, contour) -> tuple[np.ndarray, Region, np.ndarray]:
+    """A closed RAS curve (N, 3) on one slice of ``volume``: (contour, region, filled) as
+    :func:`~ka2er_core.modelspace.strokes.lasso_voxels` gives them, else :class:`PromptError`."""
+    contour = check_stroke(volume, contour, "lasso", 3)
+    return (contour, *lasso_voxels(contour, volume))
 
 
 def check_mask(volume: Volume, mask: Union[np.ndarray, Volume]) -> np.ndarray:

@@ -1,4 +1,5 @@
-"""The interactive session: RAS clicks and boxes in, masks on the volume's own grid out.
+"""The interactive session: RAS clicks, boxes, scribbles and lassos in, masks on the volume's own
+grid out.
 
 The session decides where the model looks (a crop around the prompts, zoomed out until the object
 fits, or a close look around a correcting click) and which member answers (:class:`Router`); the
@@ -26,6 +27,7 @@ from ..modelspace.tiles import refinement_tiles
 from ..volume import Volume
 from .models import ImageModels
 from .result import Region, Result, check_box, check_point
+from .strokes import drawn_pieces, make_lasso, make_scribble
 from .targets import Answer, Target, Targets
 
 MAX_ZOOM_OUTS = 4
@@ -63,7 +65,7 @@ class InteractiveSession:
                               "segment with it without prompts (ka2er segment)", path=self.bundle.path)
         self.models = ImageModels(self.bundle, self.device)
         self.router = self.models.router
-        self.prompt_types = prompt_types(self.bundle)  # "point", and "box" if every member takes boxes
+        self.prompt_types = prompt_types(self.bundle)  # "point", "box" if every member takes it, ...
         self.pinned: Optional[str] = None
         """The member answering every prompt (None: the gate decides, or the default member)."""
         self.volume: Optional[Volume] = None
@@ -129,6 +131,15 @@ class InteractiveSession:
             raise PromptError(POINTS_ONLY, field="box")
         low, high, clipped = check_box(self._require_image(), corner_a, corner_b)
         return replace(self._prompt(Box(low, high)), clipped=clipped)
+
+    def add_scribble(self, points_ras: Sequence[Sequence[float]], positive: bool = True) -> Result:
+        """A polyline (a Markups curve), (N, 3) RAS mm, on the target or (negative) off it."""
+        return self._prompt(make_scribble(self._require_image(), points_ras, positive))
+
+    def add_lasso(self, points_ras: Sequence[Sequence[float]], positive: bool = True) -> Result:
+        """A closed curve on one slice, (N, 3) RAS mm: its enclosed voxels are in the target
+        (negative: out of it) and the model follows it in 3D."""
+        return self._prompt(make_lasso(self._require_image(), points_ras, positive))
 
     def set_mask(self, mask: Union[np.ndarray, Volume]) -> Optional[Region]:
         """Start from an existing mask (k, j, i): it becomes the previous-mask prompt and the undo
@@ -244,8 +255,9 @@ class InteractiveSession:
 
     def _commit(self, target, member, prompts, renders, score, start) -> Result:
         """Write the rendered pieces into the mask in order as one undo step (rendering wrote
-        nothing, so a failure before this leaves everything as it was); the first piece's crop and
-        logits are remembered as the target's last answer."""
+        nothing, so a failure before this leaves everything as it was), then what a lasso drew; the
+        first piece's crop and logits are remembered as the target's last answer."""
+        renders = renders + drawn_pieces(prompts[-1], renders[0])
         answer = Answer(renders[0].crop, renders[0].logits)
         region = self.targets.commit(target, prompts, renders, answer,
                                      None if self.pinned is not None else member.name, self.overlap)

@@ -92,8 +92,14 @@ class PromptableModel(Protocol):
         (what the gate reads of the prompts)."""
 
 
+POINT_STROKES = ("scribble", "lasso")
+"""Prompts the session turns into point tokens: offered wherever points are."""
+
+
 def common_prompt_types(models) -> tuple[str, ...]:
-    """The prompts ("point", "box") every one of ``models`` (models or their classes) takes."""
+    """The prompts ("point", "box") every one of ``models`` (models or their classes) takes, then
+    :data:`POINT_STROKES` if they take points."""
     models = list(models)
-    return tuple(kind for kind in ("point", "box")
-                 if models and all(kind in getattr(m, "PROMPT_TYPES", ()) for m in models))
+    kinds = tuple(kind for kind in ("point", "box")
+                  if models and all(kind in getattr(m, "PROMPT_TYPES", ()) for m in models))
+    return kinds + (POINT_STROKES if "point" in kinds else ())

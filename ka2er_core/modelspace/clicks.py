@@ -5,7 +5,8 @@ when it has several parts, such as both kidneys in one label), or one click at t
 largest missed component (:func:`first_prompts` says which of the two identifies the target); then
 each click at the centre
 (maximum of the distance transform) of the largest error component, positive for missed foreground,
-negative for a false positive. Arrays are (k, j, i).
+negative for a false positive; a simulated scribble or lasso there (:func:`next_stroke`) teaches
+the model the multi-point prompts the session makes of them. Arrays are (k, j, i).
 """
 
 from __future__ import annotations
@@ -32,6 +33,21 @@ def component_centre(mask: np.ndarray) -> Optional[tuple[np.ndarray, int]]:
     return np.array([s.start + c for s, c in zip(box, local)]), int(sizes[largest - 1])
 
 
+def interior_points(mask: np.ndarray, count: int) -> np.ndarray:
+    """Up to ``count`` voxel indices (M, mask.ndim) standing for a region (bool, 2D or 3D) as
+    clicks: its deepest voxel (maximum of the distance transform) first, then each next the farthest
+    from those chosen among the voxels at least half as deep (away from the border)."""
+    depth = ndimage.distance_transform_edt(np.pad(mask, 1))[(slice(1, -1),) * mask.ndim]
+    candidates = np.argwhere(depth >= depth.max() / 2)
+    chosen = [np.array(np.unravel_index(int(np.argmax(depth)), depth.shape))]
+    distance = np.linalg.norm(candidates - chosen[0], axis=1)
+    while len(chosen) < count and distance.max() > 0:
+        farthest = candidates[int(np.argmax(distance))]
+        chosen.append(farthest)
+        distance = np.minimum(distance, np.linalg.norm(candidates - farthest, axis=1))
+    return np.array(chosen)
+
+
 TOUCHING = np.ones((3, 3, 3), bool)
 """Voxels that share a face, an edge or a corner are one component (26-connectivity)."""
 
@@ -52,6 +68,52 @@ def first_box(mask: np.ndarray) -> Optional[tuple[np.ndarray, np.ndarray]]:
     kidneys in one label) gets a box around its largest part, not one box around all of them, which
     would hold the space between (and other organs) and name no structure. None if empty."""
     return foreground_bounds(largest_component(mask))
+
+
+def error_component(prediction: np.ndarray, truth: np.ndarray) -> Optional[tuple[np.ndarray, bool]]:
+    """The largest error component (bool, (k, j, i)) and whether it is missed foreground (a
+    positive correction), the missed one on a tie, as :func:`next_click` picks it; None if perfect."""
+    largest = None
+    for positive, error in ((True, truth & ~prediction), (False, prediction & ~truth)):
+        labels, count = ndimage.label(error)
+        if count:
+            sizes = np.bincount(labels.ravel())[1:]
+            if largest is None or sizes.max() > largest[2]:
+                largest = (labels == int(np.argmax(sizes)) + 1, positive, sizes.max())
+    return None if largest is None else largest[:2]
+
+
+def next_stroke(prediction: np.ndarray, truth: np.ndarray, rng: np.random.Generator,
+                count: int) -> Optional[tuple[np.ndarray, bool]]:
+    """A simulated scribble or lasso (even odds) on the largest error component: up to ``count``
+    voxels (M, 3) (k, j, i) and whether it is positive; None if perfect. A scribble runs along the
+    component's longest axis through its deepest voxel of each stretch; a lasso stands for the
+    component's cross-section on one slice (random axis) through its deepest voxel, as the session
+    encodes a drawn lasso (:func:`interior_points`)."""
+    error = error_component(prediction, truth)
+    if error is None:
+        return None
+    component, positive = error
+    box = ndimage.find_objects(component.astype(np.int8))[0]
+    start = np.array([s.start for s in box])
+    inside = component[box]
+    depth = ndimage.distance_transform_edt(np.pad(inside, 1))[1:-1, 1:-1, 1:-1]
+    if rng.random() < 0.5:
+        voxels = np.argwhere(inside)
+        centred = voxels - voxels.mean(axis=0)
+        along = centred @ np.linalg.svd(centred[:: max(1, len(centred) // 2000)],
+                                        full_matrices=False)[2][0]
+        stretch = np.minimum((along - along.min()) / (np.ptp(along) + 1e-9) * count, count - 1)
+        stretches = [voxels[stretch.astype(int) == n] for n in range(count)]
+        points = [part[np.argmax(depth[tuple(part.T)])] for part in stretches if len(part)]
+        return start + np.array(points), positive
+    deepest = np.array(np.unravel_index(int(np.argmax(depth)), depth.shape))
+    axis = int(rng.integers(3))
+    section = np.take(inside, deepest[axis], axis=axis)
+    labels, _ = ndimage.label(section)
+    plane = np.delete(deepest, axis)
+    points = interior_points(labels == labels[tuple(plane)], count)
+    return start + np.insert(points, axis, deepest[axis], axis=1), positive
 
 
 def next_click(prediction: np.ndarray, truth: np.ndarray) -> Optional[tuple[np.ndarray, bool]]:

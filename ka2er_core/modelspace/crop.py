@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Sequence, Union
 
 import numpy as np
 
@@ -20,7 +20,8 @@ from ..modeling.normalization import Normalization
 from ..modeling.prompt_encoder import (BOX_HIGH, BOX_LOW, FLAT_BOX_HIGH, FLAT_BOX_LOW, NEGATIVE,
                                        POSITIVE)
 from ..volume import Grid, Volume
-from .prompts import Point, Prompt
+from .prompts import Box, Lasso, Point, Prompt, Scribble
+from .strokes import evenly_chosen, polyline_samples
 
 ZOOM_STEP = 1.25
 MARGIN = 1.2  # the crop spans the region of interest times this factor
@@ -70,20 +71,39 @@ class Crop:
         return bool(np.all(np.minimum(lo, hi) >= margin_voxels)
                     and np.all(np.maximum(lo, hi) <= size - 1 - margin_voxels))
 
+    def inside(self, ijk: np.ndarray) -> np.ndarray:
+        """Which crop-voxel (i, j, k) positions (..., 3) lie inside the crop: bool (...)."""
+        return np.all((ijk >= 0) & (ijk <= np.asarray(self.grid.shape[::-1]) - 1), axis=-1)
+
     def holds(self, prompt: Prompt) -> bool:
-        """Whether the point (or both box corners) lie inside the crop."""
-        last = np.asarray(self.grid.shape[::-1]) - 1
-        return all(np.all((c >= 0) & (c <= last)) for c in map(self.to_crop, prompt.corners))
+        """Whether the point (or both box corners, or any point of a scribble or lasso) lies inside
+        the crop."""
+        inside = self.inside(self.to_crop(np.array(prompt.corners)))
+        return bool(inside.all() if isinstance(prompt, Box) else inside.any())
+
+    def stroke_tokens(self, prompt: Union[Scribble, Lasso]) -> np.ndarray:
+        """Crop-voxel (i, j, k) point tokens (M, 3), M <= MAX_STROKE_TOKENS, of a scribble (evenly
+        spaced along its part inside the crop) or a lasso (its seeds inside the crop)."""
+        if isinstance(prompt, Scribble):
+            samples = polyline_samples(self.to_crop(prompt.points))
+            return evenly_chosen(samples[self.inside(samples)])
+        seeds = self.to_crop(prompt.seeds)
+        return seeds[self.inside(seeds)]
 
     def encode(self, prompts: Sequence[Prompt]) -> tuple[np.ndarray, list[int]]:
         """Crop-voxel (i, j, k) coordinates (N, 3) and prompt-kind labels (N,) of the prompts: a
         point is one token, a box two (its low and high corners); a box less than one crop voxel
-        thick along an axis is a 2D box."""
+        thick along an axis is a 2D box; a scribble or lasso is a few point tokens
+        (:meth:`stroke_tokens`)."""
         coords, labels = [], []
         for prompt in prompts:
             if isinstance(prompt, Point):
                 coords.append(self.to_crop(prompt.ras))
                 labels.append(POSITIVE if prompt.positive else NEGATIVE)
+            elif isinstance(prompt, (Scribble, Lasso)):
+                tokens = self.stroke_tokens(prompt)
+                coords += list(tokens)
+                labels += [POSITIVE if prompt.positive else NEGATIVE] * len(tokens)
             else:
                 lo, hi = self.to_crop(prompt.low), self.to_crop(prompt.high)
                 flat = np.any(np.abs(hi - lo) < 1.0)

@@ -30,6 +30,7 @@ from ..bundle import Bundle
 from ..bundle.registry import prompt_types
 from ..errors import Ka2erError, PromptError
 from ..inference.session import InteractiveSession
+from ..modelspace.strokes import MAX_STROKE_POINTS
 from .guard import Guard, TokenBuckets
 from .sessions import Entry, SessionGone, SessionStore, SessionTooLarge, short_ids
 from .wire import WireError, decode_array, decode_volume, encode_array, encode_region
@@ -118,6 +119,13 @@ class PointRequest(Strict):
 class BoxRequest(Strict):
     corner_a: Ras = Field(description="RAS mm")
     corner_b: Ras = Field(description="RAS mm, the opposite corner")
+
+
+class StrokeRequest(Strict):
+    points: list[Ras] = Field(max_length=MAX_STROKE_POINTS,
+                              description="RAS mm: a scribble's polyline (2 or more points) or a "
+                                          "lasso's closed curve on one slice (3 or more)")
+    positive: StrictBool = True
 
 
 class MemberRequest(Strict):
@@ -324,6 +332,22 @@ def create_app(bundle: Bundle, token: Optional[str], limits: Limits = Limits(),
                       request_id: RequestId = None) -> PromptReply:
         return await once(session_id, "boxes", target, request_id,
                           prompt(target, lambda s: s.add_box(body.corner_a, body.corner_b)))
+
+    @app.post("/sessions/{session_id}/targets/{target}/scribbles", dependencies=secured,
+              responses=ERRORS)
+    async def add_scribble(session_id: SessionId, target: TargetName, body: StrokeRequest,
+                           request_id: RequestId = None) -> PromptReply:
+        """A polyline (2 or more points) on the target (positive) or off it."""
+        return await once(session_id, "scribbles", target, request_id,
+                          prompt(target, lambda s: s.add_scribble(body.points, body.positive)))
+
+    @app.post("/sessions/{session_id}/targets/{target}/lassos", dependencies=secured,
+              responses=ERRORS)
+    async def add_lasso(session_id: SessionId, target: TargetName, body: StrokeRequest,
+                        request_id: RequestId = None) -> PromptReply:
+        """A closed curve on one slice: its enclosed voxels are in the target (positive) or out."""
+        return await once(session_id, "lassos", target, request_id,
+                          prompt(target, lambda s: s.add_lasso(body.points, body.positive)))
 
     @app.post("/sessions/{session_id}/targets/{target}/undo", dependencies=secured, responses=ERRORS)
     async def undo(session_id: SessionId, target: TargetName, request_id: RequestId = None) -> UndoReply:

@@ -2,7 +2,7 @@
 
 Standard library and numpy only (no torch, no web stack), so Slicer needs nothing extra to use a
 server. The client keeps every target's mask locally and applies the changed regions the server
-sends; points are checked locally before they travel. One persistent connection; connection errors
+sends; prompts are checked locally before they travel. One persistent connection; connection errors
 are retried with exponential backoff (prompts carry a request id, so a retried prompt is applied
 once); 429/503 wait for ``Retry-After``. When the server has dropped the session (idle expiry,
 eviction, restart) the client uploads the image again, restores every non-empty target mask, and
@@ -24,7 +24,8 @@ from urllib.parse import quote, urlsplit
 import numpy as np
 
 from ..errors import Ka2erError, PromptError
-from ..inference.result import Region, Result, check_box, check_mask, check_point
+from ..inference.result import (Region, Result, check_box, check_lasso, check_mask, check_point,
+                                check_stroke)
 from ..volume import Volume
 from .wire import decode_region, encode_array, encode_volume
 
@@ -111,7 +112,8 @@ class RemoteSession:
 
     @property
     def prompt_types(self) -> tuple[str, ...]:
-        """The prompts the server's model takes: "point", and "box" if it takes boxes."""
+        """The prompts the server's model takes: "point", "box" if it takes boxes, then "scribble"
+        and "lasso" (as points)."""
         return tuple(self.capabilities["prompts"])
 
     def pin(self, member: Optional[str]) -> None:
@@ -157,6 +159,14 @@ class RemoteSession:
         low, high, clipped = check_box(self._require_image(), corner_a, corner_b)
         result = self._prompt("boxes", {"corner_a": low.tolist(), "corner_b": high.tolist()})
         return replace(result, clipped=clipped)
+
+    def add_scribble(self, points_ras: Sequence[Sequence[float]], positive: bool = True) -> Result:
+        points = check_stroke(self._require_image(), points_ras, "scribble", 2)
+        return self._prompt("scribbles", {"points": points.tolist(), "positive": bool(positive)})
+
+    def add_lasso(self, points_ras: Sequence[Sequence[float]], positive: bool = True) -> Result:
+        contour, _, _ = check_lasso(self._require_image(), points_ras)
+        return self._prompt("lassos", {"points": contour.tolist(), "positive": bool(positive)})
 
     def set_mask(self, mask: Union[np.ndarray, Volume]) -> None:
         binary = check_mask(self._require_image(), mask)

@@ -91,7 +91,7 @@ class AmalgamationStep(nn.Module):
                     for e, stages in self.sources]
 
     def forward(self, images, expert_images, expert_ratios, truths, coords, labels,
-                start_masks=None, extra_clicks: int = 0, soft=None):
+                start_masks=None, extra_clicks: int = 0, soft=None, stroke_seed=None):
         student, layer = self.trainable.student, self.trainable.layer
         stages = student.stages(images)
         amalgamated = layer([stages[s] for s in self.scales],
@@ -102,7 +102,7 @@ class AmalgamationStep(nn.Module):
         own = student.embed_from_stages(images, stages)
         gold = student.embed_from_stages(images, gold_stages)
         coords, labels, previous = simulate_prompts(student, own, truths, coords, labels,
-                                                    start_masks, extra_clicks)
+                                                    start_masks, extra_clicks, stroke_seed)
         label_weights = None if soft is None else \
             torch.where(soft, self.soft_label_weight, 1.0).to(truths.device)
         gold_loss, gold_dice = prompted_loss(student, gold, coords, labels, previous, truths,

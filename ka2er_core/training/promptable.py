@@ -17,11 +17,15 @@ from ..modeling import ModelConfig, PromptableSegmenter
 from ..modeling.normalization import Normalization, image_modality, subsample
 from ..modeling.prompt_encoder import NEGATIVE, PAD, POSITIVE
 from ..modeling.protocols import Embedding, PromptableModel
-from ..modelspace.clicks import first_prompts, next_click
+from ..modelspace.clicks import first_prompts, next_click, next_stroke
+from ..modelspace.strokes import MAX_STROKE_TOKENS
 from .loop import LoopConfig, distributed_context, train_loop
 from .losses import dice_score, per_item_dice_bce, weighted_mean
 from .samples import CropSample, LabelledImage, make_crop_sample
 from .soft_labels import ExpertSoftLabels
+
+STROKE_PROBABILITY = 0.12
+"""How often a simulated correction is a scribble or lasso instead of a click (with a stroke seed)."""
 
 
 @dataclass
@@ -35,13 +39,14 @@ class TargetSpec:
 
 
 class PromptableStep(nn.Module):
-    """``forward(images, truths, coords, labels, start_masks, extra_clicks, drop_previous) -> (loss,
-    metrics)``.
+    """``forward(images, truths, coords, labels, start_masks, extra_clicks, drop_previous,
+    stroke_seed) -> (loss, metrics)``.
 
     images, truths (B, 1, S, S, S); coords (B, N, 3) crop-voxel (i, j, k); labels (B, N); start_masks
     (B, 1, S, S, S) or None (a damaged mask to correct); ``extra_clicks`` no-grad rounds of
     predict-then-click before the trained prediction; ``drop_previous``: the trained prediction
-    sees the clicks without the previous mask (the model must not lean on it alone).
+    sees the clicks without the previous mask (the model must not lean on it alone); ``stroke_seed``:
+    some corrections are scribbles or lassos (:func:`add_clicks`).
     """
 
     def __init__(self, model: PromptableModel):
@@ -49,10 +54,10 @@ class PromptableStep(nn.Module):
         self.model = model
 
     def forward(self, images, truths, coords, labels, start_masks=None, extra_clicks: int = 0,
-                drop_previous: bool = False):
+                drop_previous: bool = False, stroke_seed: Optional[int] = None):
         embedding = self.model.embed(images)
         coords, labels, previous = simulate_prompts(self.model, embedding, truths, coords, labels,
-                                                    start_masks, extra_clicks)
+                                                    start_masks, extra_clicks, stroke_seed)
         if drop_previous:
             previous = None
         loss, dice = prompted_loss(self.model, embedding, coords, labels, previous, truths)
@@ -60,20 +65,22 @@ class PromptableStep(nn.Module):
 
 
 def simulate_prompts(model: PromptableModel, embedding: Embedding, truths, coords, labels,
-                     start_masks=None, extra_clicks: int = 0):
+                     start_masks=None, extra_clicks: int = 0, stroke_seed: Optional[int] = None):
     """The prompts and previous mask the trained prediction sees: the first prompts, then (without
     gradient) rounds of predict-then-click at the largest error; a damaged start mask to correct
-    begins with a click on its worst error. Returns (coords (B, N', 3), labels (B, N'), previous
+    begins with a click on its worst error. With ``stroke_seed``, some of those clicks are
+    scribbles or lassos (:func:`add_clicks`). Returns (coords (B, N', 3), labels (B, N'), previous
     (B, 1, S, S, S) or None)."""
     truth_np = truths[:, 0].cpu().numpy() > 0.5
+    rng = None if stroke_seed is None else np.random.default_rng(stroke_seed)
     previous = start_masks
     if previous is not None:
-        coords, labels = add_clicks(coords, labels, previous[:, 0].cpu().numpy() > 0.5, truth_np)
+        coords, labels = add_clicks(coords, labels, previous[:, 0].cpu().numpy() > 0.5, truth_np, rng)
     for _ in range(extra_clicks):
         with torch.no_grad():
             logits, _ = model.decode(embedding.detach(), coords, labels, previous)
         previous = (logits > 0).float()
-        coords, labels = add_clicks(coords, labels, previous[:, 0].cpu().numpy(), truth_np)
+        coords, labels = add_clicks(coords, labels, previous[:, 0].cpu().numpy() > 0.5, truth_np, rng)
     return coords, labels, previous
 
 
@@ -87,21 +94,29 @@ def prompted_loss(model: PromptableModel, embedding: Embedding, coords, labels, 
     return weighted_mean(per_item_dice_bce(logits, truths) + iou_error, weights), actual
 
 
-def add_clicks(coords: torch.Tensor, labels: torch.Tensor, prediction: np.ndarray, truth: np.ndarray):
-    """Append the protocol's next click for each item (PAD when its mask is already perfect)."""
-    new_coords, new_labels = [], []
+def add_clicks(coords: torch.Tensor, labels: torch.Tensor, prediction: np.ndarray, truth: np.ndarray,
+               rng: Optional[np.random.Generator] = None):
+    """Append the protocol's next click for each item (coords (B, N, 3), labels (B, N); prediction
+    and truth bool (B, S, S, S)); with ``rng``, an item's correction is a scribble or lasso of 2 to
+    :data:`MAX_STROKE_TOKENS` points (:func:`next_stroke`) with :data:`STROKE_PROBABILITY`. Items with
+    fewer new tokens than others, or a perfect mask, are padded with PAD."""
+    new = []  # per item: (points (M, 3) (k, j, i), positive), M = 0 when perfect
     for b in range(prediction.shape[0]):
-        click = next_click(prediction[b] > 0.5, truth[b])
-        if click is None:
-            new_coords.append(np.zeros(3))
-            new_labels.append(PAD)
+        if rng is not None and rng.random() < STROKE_PROBABILITY:
+            correction = next_stroke(prediction[b], truth[b], rng,
+                                     int(rng.integers(2, MAX_STROKE_TOKENS + 1)))
         else:
-            kji, positive = click
-            new_coords.append(kji[::-1].astype(np.float64))
-            new_labels.append(POSITIVE if positive else NEGATIVE)
-    extra = torch.tensor(np.array(new_coords), dtype=coords.dtype, device=coords.device)[:, None]
-    extra_labels = torch.tensor(new_labels, dtype=labels.dtype, device=labels.device)[:, None]
-    return torch.cat([coords, extra], 1), torch.cat([labels, extra_labels], 1)
+            click = next_click(prediction[b], truth[b])
+            correction = None if click is None else (click[0][None], click[1])
+        new.append((np.zeros((0, 3)), True) if correction is None else correction)
+    width = max(1, *(len(points) for points, _ in new))
+    extra = np.zeros((len(new), width, 3))
+    extra_labels = np.full((len(new), width), PAD)
+    for b, (points, positive) in enumerate(new):
+        extra[b, :len(points)] = points[:, ::-1]
+        extra_labels[b, :len(points)] = POSITIVE if positive else NEGATIVE
+    return (torch.cat([coords, torch.tensor(extra, dtype=coords.dtype, device=coords.device)], 1),
+            torch.cat([labels, torch.tensor(extra_labels, dtype=labels.dtype, device=labels.device)], 1))
 
 
 def damaged(truth: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -132,7 +147,8 @@ def damaged(truth: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 def collate(samples: Sequence[CropSample], rng: np.random.Generator, max_extra_clicks: int,
             correct_probability: float, drop_previous: float = 0.0) -> dict:
     """Stack crop samples into a batch for :class:`PromptableStep`; with probability
-    ``drop_previous`` a batch of click rounds drops the previous mask."""
+    ``drop_previous`` a batch of click rounds drops the previous mask; its stroke seed makes some
+    corrections scribbles or lassos."""
     n = max(len(s.labels) for s in samples)
     coords = np.zeros((len(samples), n, 3), np.float32)
     labels = np.full((len(samples), n), PAD, np.int64)
@@ -149,6 +165,7 @@ def collate(samples: Sequence[CropSample], rng: np.random.Generator, max_extra_c
         batch["extra_clicks"] = 0
     elif drop_previous > 0 and batch["extra_clicks"] > 0:
         batch["drop_previous"] = bool(rng.random() < drop_previous)
+    batch["stroke_seed"] = int(rng.integers(2 ** 31))
     return batch
 
 

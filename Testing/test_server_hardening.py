@@ -332,7 +332,7 @@ def bundle():
 def test_the_undo_history_counts_in_a_sessions_bytes(bundle):
     """Each prompt keeps the previous answer's crop logits for undo: counted, once each."""
     subject = phantom(4)
-    session = InteractiveSession(bundle, device="cpu")
+    session = InteractiveSession(bundle, device="cpu", background=False)  # no bytes added meanwhile
     session.set_image(subject.image)
     for point in clicks_on(subject, "liver", 3):
         session.add_point(point)

@@ -21,10 +21,12 @@ from ..bundle.registry import prompt_types
 from ..errors import PromptError
 from ..geometry import foreground_bounds, ijk_box_to_ras
 from ..modelspace import ZOOM_STEP, Box, Crop, Point, Prompt, plan_crop
+from ..modelspace.lattice import Lattice
 from ..modelspace.paste import Render, render, touched_faces
 from ..modelspace.tiles import refinement_tiles
 from ..volume import Volume
 from .models import ImageModels
+from .prefetch import BACKGROUND_BYTES, BackgroundStatus, Prefetcher
 from .result import Region, Result, check_box, check_point
 from .targets import Answer, Target, Targets
 
@@ -47,10 +49,13 @@ class InteractiveSession:
     ``model`` is a :class:`~ka2er_core.bundle.Bundle` (default: the shipped moe bundle). With a
     gate and no pinned member, the gate routes each target's first prompt (and any later box); that
     member answers the target's corrections while they change the mask (:meth:`_correctors`).
+    ``background``: after each prompt, embed the crops of the target's next corrections on a
+    low-priority thread (:mod:`.prefetch`), keeping up to ``background_bytes`` of them.
     """
 
     def __init__(self, model: Optional[Bundle] = None, device: Union[str, torch.device] = "auto",
-                 refine: bool = False, overlap: bool = True):
+                 refine: bool = False, overlap: bool = True, background: bool = True,
+                 background_bytes: int = BACKGROUND_BYTES):
         self.device = pick_device(device)
         self.overlap = overlap
         """False: other targets' voxels are background to each prompt and never overwritten."""
@@ -70,11 +75,13 @@ class InteractiveSession:
         self.targets = Targets(None)
         self.target_name = "Segment_1"
         self.embeddings = self.models.embeddings
+        self.prefetcher = Prefetcher(self.models, background_bytes, background)
 
     # ---- image and targets ----
 
     def set_image(self, volume: Volume) -> None:
-        """Use ``volume`` (not copied); clears targets and cached embeddings."""
+        """Use ``volume`` (not copied); clears targets and cached embeddings, stops the background."""
+        self.prefetcher.cancel()
         self.volume = volume
         self.models.set_image(volume)
         self.targets = Targets(volume)
@@ -117,6 +124,11 @@ class InteractiveSession:
         image = 0 if self.volume is None else self.volume.array.nbytes
         return image + self.targets.memory_bytes + self.embeddings.memory_bytes
 
+    @property
+    def background(self) -> BackgroundStatus:
+        """How far the background embeddings of the current target's corrections are."""
+        return self.prefetcher.status
+
     # ---- prompts: each returns what changed ----
 
     def add_point(self, ras: Sequence[float], positive: bool = True) -> Result:
@@ -134,7 +146,10 @@ class InteractiveSession:
         """Start from an existing mask (k, j, i): it becomes the previous-mask prompt and the undo
         base; returns the region where it differs from the mask it replaces."""
         self._require_image()
-        return self.targets.set_mask(self.target_name, mask)
+        region = self.targets.set_mask(self.target_name, mask)
+        if self.target.bounds is not None:
+            self._prefetch(self.target, np.mean(self.target.bounds, axis=0))
+        return region
 
     def undo(self) -> Optional[Region]:
         """Undo the last prompt of the current target; returns the restored region."""
@@ -177,6 +192,24 @@ class InteractiveSession:
         return np.where(inside > 0, 1.0, -1.0).astype(np.float32)
 
     def _prompt(self, prompt: Prompt) -> Result:
+        """Answer ``prompt`` (the background starts no new crop meanwhile), then let the background
+        embed the crops of the target's next corrections around it."""
+        with self.prefetcher.paused():
+            result = self._answer(prompt)
+        self._prefetch(self.target, np.mean(prompt.corners, axis=0))
+        return result
+
+    def _prefetch(self, target: Target, near) -> None:
+        """Background embeddings for ``target``'s corrections: its member's (the lattice's), then
+        the general model's, which the gate reads when that member's answer changes nothing."""
+        members = [self._planner(target)]
+        general = self.router.general
+        if (self.pinned is None and self.router.gate is not None and general != members[0].name
+                and general in self.models.loaded):
+            members.append(self._member(general))
+        self.prefetcher.follow(members, target.mask, near)
+
+    def _answer(self, prompt: Prompt) -> Result:
         start = time.perf_counter()
         target = self.target
         prompts = target.prompts + [prompt]
@@ -213,7 +246,9 @@ class InteractiveSession:
 
     def _correct(self, target: Target, prompts: list[Prompt], start: float) -> Result:
         """A click on an existing mask: a close look around it (base spacing, the mask as the dense
-        prompt), pasted near the click only."""
+        prompt), pasted near the click only. The crop is the last answer's while it holds the click
+        at the base spacing, else the lattice crop nearest the click (:class:`Lattice`), which the
+        background may have embedded already."""
         click = prompts[-1].ras
         planner = self._planner(target)
         crop = None
@@ -221,7 +256,7 @@ class InteractiveSession:
             if target.answer.crop.contains(click, click, planner.crop_size * CORRECTION_RADIUS):
                 crop = target.answer.crop
         if crop is None:
-            crop = plan_crop(click, click, planner.crop_size, planner.base_spacing, planner.max_spacing)
+            crop = Lattice(self.volume.grid, planner.crop_size, planner.base_spacing).nearest(click)
         inside = [p for p in prompts if crop.holds(p)]
         prior, focus = self._prior(target, crop), crop.to_crop(click)
         for member in self._correctors(target, inside, crop):

@@ -29,6 +29,7 @@ from ..modelspace import Crop
 from ..modelspace.lattice import Lattice
 from .embeddings import embedding_key
 from .models import ImageModels
+from .result import BackgroundStatus
 
 BACKGROUND_BYTES = 512 << 20
 """Default budget of the background embeddings of one session (about 39 crops of the shipped
@@ -36,21 +37,6 @@ models, 13 MB each): a 512x512x300 CT session stays within 1.5 GB."""
 BACKGROUND_NICE = 10
 log = logging.getLogger("ka2er.background")
 _running: "weakref.WeakSet[Prefetcher]" = weakref.WeakSet()
-
-
-@dataclass(frozen=True)
-class BackgroundStatus:
-    """What the background worker has done for the current target."""
-
-    ready: int
-    """Planned crops whose embeddings are cached."""
-    planned: int
-    """Crops planned for the target's corrections (within the budget)."""
-    bytes: int
-    """Bytes of the embeddings kept for the background."""
-    budget: int
-    done: bool
-    """Nothing left to compute (every planned crop ready, or the worker off)."""
 
 
 @dataclass(frozen=True)

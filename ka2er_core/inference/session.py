@@ -26,8 +26,8 @@ from ..modelspace.paste import Render, render, touched_faces
 from ..modelspace.tiles import refinement_tiles
 from ..volume import Volume
 from .models import ImageModels
-from .prefetch import BACKGROUND_BYTES, BackgroundStatus, Prefetcher
-from .result import Region, Result, check_box, check_point
+from .prefetch import BACKGROUND_BYTES, Prefetcher
+from .result import BackgroundStatus, Region, Result, check_box, check_point
 from .targets import Answer, Target, Targets
 
 MAX_ZOOM_OUTS = 4
@@ -85,6 +85,11 @@ class InteractiveSession:
         self.volume = volume
         self.models.set_image(volume)
         self.targets = Targets(volume)
+
+    def close(self) -> None:
+        """Stop the background and drop the cached embeddings (the session is done with)."""
+        self.prefetcher.cancel()
+        self.embeddings.clear()
 
     @property
     def members(self) -> list[str]:

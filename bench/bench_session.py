@@ -25,7 +25,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ka2er_core import InteractiveSession, Volume, load_bundle
-from ka2er_core.data.mni import MNI_LABELS, mni152
+from ka2er_core.data.mni import BRAIN_VALUES, MNI_LABELS, mni152
+from ka2er_core.data.phantoms import PHANTOM_LABELS, ct_phantom
 from ka2er_core.geometry import ijk_to_ras_points, ras_to_ijk
 from ka2er_core.modeling.common import MLP
 from ka2er_core.modeling.transformer import TwoWayTransformer
@@ -84,8 +85,9 @@ def time_it(fn, repeats):
     return times
 
 
-def benchmark_volume() -> tuple[Volume, np.ndarray]:
-    """The 1 mm MNI152 template centred in a 256x256x200 grid, and its white matter."""
+def benchmark_volume(target: str = "white matter") -> tuple[Volume, np.ndarray]:
+    """The 1 mm MNI152 template centred in a 256x256x200 grid, and its ``target`` ("brain" or one
+    of :data:`MNI_LABELS`)."""
     image, labels = mni152(1)
     array = np.zeros((200, 256, 256), np.float32)
     label = np.zeros((200, 256, 256), bool)
@@ -93,10 +95,26 @@ def benchmark_volume() -> tuple[Volume, np.ndarray]:
     offset = ((200 - k) // 2, (256 - j) // 2, (256 - i) // 2)
     box = tuple(slice(o, o + n) for o, n in zip(offset, image.shape))
     array[box] = image.array
-    label[box] = labels.array == MNI_LABELS["white matter"]
+    values = BRAIN_VALUES if target == "brain" else (MNI_LABELS[target],)
+    label[box] = np.isin(labels.array, values)
     matrix = image.ijk_to_ras.copy()
     matrix[:3, 3] -= matrix[:3, :3] @ np.array(offset[::-1], dtype=float)
     return Volume(array, matrix), label
+
+
+CT_SHAPE = (300, 512, 512)  # (k, j, i)
+
+
+def benchmark_phantom() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Image (k, j, i) int16 HU, its IJK-to-RAS and the liver mask, on a 512x512x300 grid: an
+    oblique CT phantom made at half resolution, each voxel repeated 2x2x2."""
+    coarse = ct_phantom(0, shape=[n // 2 for n in CT_SHAPE], spacing=(1.4, 1.4, 2.0), oblique=True)
+    fine = np.diag([0.5, 0.5, 0.5, 1.0])
+    fine[:3, 3] = -0.25  # fine voxel n sits at coarse index n / 2 - 1/4
+    repeat = lambda a: a.repeat(2, 0).repeat(2, 1).repeat(2, 2)  # noqa: E731
+    image = repeat(np.clip(coarse.image.array, -1024, 3071).astype(np.int16))
+    liver = repeat(coarse.label.array == PHANTOM_LABELS["liver"])
+    return image, coarse.image.ijk_to_ras @ fine, liver
 
 
 def main():

@@ -14,8 +14,10 @@ from ka2er_core import Volume
 from ka2er_core.bundle import Bundle, Segmenter
 from ka2er_core.geometry import ijk_to_ras_points
 from ka2er_core.inference import InteractiveSession
+from ka2er_core.inference.embeddings import EmbeddingCache
 from ka2er_core.modeling import ModelConfig, PromptableSegmenter
 from ka2er_core.modeling.normalization import Normalization
+from ka2er_core.modelspace.crop import centred_crop
 from ka2er_core.modelspace.lattice import Lattice
 
 SHAPE = (40, 48, 44)
@@ -155,3 +157,26 @@ def test_no_background_when_off(bundle, volume):
     session.add_point(ras(volume, CORRECTIONS[0][0]), positive=False)
     status = session.background
     assert status.done and status.planned == 0 and session.prefetcher._thread is None
+
+
+def test_a_prompt_needing_the_crop_the_worker_is_embedding_takes_the_workers_embedding():
+    cache = EmbeddingCache()
+    crop = centred_crop(np.zeros(3), 8, 1.0)
+    inside, release = threading.Event(), threading.Event()
+
+    def background():
+        inside.set()
+        release.wait(WAIT_S)
+        return torch.ones(4)
+
+    worker = threading.Thread(target=cache.keep, args=("general", crop, background, 1 << 20))
+    worker.start()
+    assert inside.wait(WAIT_S)
+    answers = []
+    prompt = threading.Thread(target=lambda: answers.append(cache.get("general", crop, lambda: torch.zeros(4))))
+    prompt.start()
+    release.set()
+    worker.join(WAIT_S)
+    prompt.join(WAIT_S)
+    assert torch.equal(answers[0], torch.ones(4))  # not computed twice
+    assert cache.computed == 0 and cache.kept == 1 and cache.kept_bytes == 16

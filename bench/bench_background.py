@@ -16,8 +16,8 @@ and SAM-Med3D-sized prompt encoder + mask decoder + upsampling (bench_session.Re
 the liver, protocol clicks, the background ready after each): ``session.memory_bytes``, the bytes of
 the background embeddings and the process's peak resident memory (model and torch included).
 
-    python bench/bench_background.py [--bundle PATH] [--clicks 10]
-    python bench/bench_background.py --ct-memory [--clicks 5]
+    python bench/bench_background.py [--bundle PATH] [--clicks 10] [--background-mb MB]
+    python bench/bench_background.py --ct-memory [--clicks 5] [--background-mb MB]
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ import torch
 from bench_session import ReferenceDecoder, ReferenceEncoder, benchmark_phantom, benchmark_volume, time_it
 from ka2er_core import InteractiveSession, Volume, load_bundle
 from ka2er_core.geometry import foreground_bounds, ijk_to_ras_points
+from ka2er_core.inference.prefetch import BACKGROUND_BYTES
 from ka2er_core.modelspace.clicks import next_click
 
 READY_WAIT_S = 600.0  # a bound on a hung worker
@@ -52,22 +53,27 @@ def first_prompt(session: InteractiveSession, volume: Volume, truth: np.ndarray,
 
 def correct(session: InteractiveSession, volume: Volume, truth: np.ndarray, clicks: int) -> dict:
     """Protocol clicks, each once the background has settled: latencies, the cached-click latency of
-    the same click, embeddings computed on the prompt path, and the waits for the background."""
-    record = {"ms": [], "cached_ms": [], "computed": 0, "wait_s": []}
+    the same click, embeddings computed on the prompt path, the waits for the background, and the
+    peak resident memory of each click's session work (the click simulation's distance transforms
+    on the whole volume left out)."""
+    record = {"ms": [], "cached_ms": [], "computed": 0, "wait_s": [], "peak_mb": []}
     for _ in range(clicks):
         click = next_click(session.mask > 0, truth)
         if click is None:
             break
         kji, positive = click
+        reset_peak_memory()
         computed = session.embeddings.computed
         result = session.add_point(ras(volume, kji), positive)
         record["computed"] += session.embeddings.computed - computed
         record["ms"].append(result.latency_ms)
-        session.undo()  # the same click again: its crop's embedding is cached now
-        record["cached_ms"].append(session.add_point(ras(volume, kji), positive).latency_ms)
         start = time.perf_counter()
         session.prefetcher.wait(READY_WAIT_S)
         record["wait_s"].append(time.perf_counter() - start)
+        session.undo()  # the same click again: its crop's embedding is cached now
+        record["cached_ms"].append(session.add_point(ras(volume, kji), positive).latency_ms)
+        session.prefetcher.wait(READY_WAIT_S)  # the same plan again: ready at once
+        record["peak_mb"].append(peak_memory_mb())
     return record
 
 
@@ -75,11 +81,20 @@ def p95(values) -> float:
     return float(np.percentile(values, 95))
 
 
-def bench_clicks(bundle, clicks: int) -> None:
+def reference_decoder_ms() -> list[float]:
+    """SAM-Med3D-sized prompt encoder + mask decoder + upsampling to 128^3, 20 runs."""
+    encoder, decoder = ReferenceEncoder().eval(), ReferenceDecoder().eval()
+    embedding = encoder(torch.randn(1, 1, 128, 128, 128))
+    points, previous = torch.rand(1, 3, 3), torch.zeros(1, 1, 32, 32, 32)
+    return time_it(lambda: decoder(embedding, points, previous), 20)
+
+
+def bench_clicks(bundle, options: dict, clicks: int) -> None:
+    reference_before = reference_decoder_ms()  # before and after: a check on a quiet machine
     rows, everything = [], {"ms": [], "cached_ms": []}
     for target, box in (("brain", True), ("white matter", False)):
         volume, truth = benchmark_volume(target)
-        session = InteractiveSession(bundle, device="auto")
+        session = InteractiveSession(bundle, **options)
         start = time.perf_counter()
         session.set_image(volume)
         result = first_prompt(session, volume, truth, box)
@@ -94,10 +109,7 @@ def bench_clicks(bundle, clicks: int) -> None:
         everything["cached_ms"] += record["cached_ms"]
         session.close()
 
-    encoder, decoder = ReferenceEncoder().eval(), ReferenceDecoder().eval()
-    embedding = encoder(torch.randn(1, 1, 128, 128, 128))
-    points, previous = torch.rand(1, 3, 3), torch.zeros(1, 1, 32, 32, 32)
-    reference_ms = time_it(lambda: decoder(embedding, points, previous), 20)
+    reference_ms = reference_before + reference_decoder_ms()
 
     median = statistics.median
     print(f"volume 256x256x200, {torch.get_num_threads()} threads, {clicks} protocol clicks per target "
@@ -112,24 +124,61 @@ def bench_clicks(bundle, clicks: int) -> None:
     ours, cached, reference = median(everything["ms"]), median(everything["cached_ms"]), median(reference_ms)
     print(f"all {len(everything['ms'])} correction clicks: median {ours:6.1f} ms, p95 {p95(everything['ms']):6.1f} ms"
           f" | cached click (same click after undo) median {cached:6.1f} ms, ratio {ours / cached:.2f}"
-          f" | SAM-Med3D-size decoder+upsampling median {reference:6.1f} ms, ratio {ours / reference:.2f}")
+          f" | SAM-Med3D-size decoder+upsampling median {reference:6.1f} ms (before the sessions "
+          f"{median(reference_before):.1f}, after {median(reference_ms[20:]):.1f}), ratio {ours / reference:.2f}")
 
 
-def bench_ct_memory(bundle, clicks: int) -> None:
+def reset_peak_memory() -> bool:
+    """Start the process's peak resident memory count again (Linux: /proc/self/clear_refs)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def proc_status_mb(field: str) -> float:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field)) / 1024
+
+
+def peak_memory_mb() -> float:
+    """Peak resident memory since the last reset (Linux), else over the process's life."""
+    try:
+        return proc_status_mb("VmHWM")
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def resident_mb() -> float:
+    """Resident memory now (Linux; 0 elsewhere)."""
+    try:
+        return proc_status_mb("VmRSS")
+    except (OSError, StopIteration):
+        return 0.0
+
+
+def bench_ct_memory(bundle, options: dict, clicks: int) -> None:
     image, ijk_to_ras, liver = benchmark_phantom()
     volume = Volume(image, ijk_to_ras)
-    session = InteractiveSession(bundle, device="auto")
+    before_mb = resident_mb()
+    if not reset_peak_memory():
+        print("no /proc/self/clear_refs here: the peak below is the process's, phantom making included")
+    session = InteractiveSession(bundle, **options)
     session.set_image(volume)
     first_prompt(session, volume, liver, box=True)
-    status = session.prefetcher.wait(READY_WAIT_S)
+    session.prefetcher.wait(READY_WAIT_S)
+    peak_mb = peak_memory_mb()
     record = correct(session, volume, liver, clicks)
     status = session.prefetcher.wait(READY_WAIT_S)
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak_mb = max([peak_mb] + record["peak_mb"])
     print(f"CT 512x512x300 int16, a box on the liver and {len(record['ms'])} protocol clicks, the background "
           f"ready ({status.ready}/{status.planned} crops): session.memory_bytes "
           f"{session.memory_bytes / 2**20:.0f} MB, of which background embeddings "
           f"{status.bytes / 2**20:.0f} MB (budget {status.budget / 2**20:.0f} MB); peak resident memory of "
-          f"the process {peak_mb:.0f} MB (model and torch included)")
+          f"the process during the session's work: {peak_mb:.0f} MB (model, torch and the liver's truth mask "
+          f"included), {peak_mb - before_mb:.0f} MB over its {before_mb:.0f} MB before the session")
 
 
 def main():
@@ -137,13 +186,16 @@ def main():
     parser.add_argument("--bundle", default=None)
     parser.add_argument("--clicks", type=int, default=None, help="per target (default 10; --ct-memory 5)")
     parser.add_argument("--ct-memory", action="store_true")
+    parser.add_argument("--background-mb", type=int, default=BACKGROUND_BYTES >> 20,
+                        help="the sessions' budget of background embeddings (default: the session's)")
     args = parser.parse_args()
     torch.set_grad_enabled(False)
     bundle = load_bundle(args.bundle)
+    options = {"device": "auto", "background_bytes": args.background_mb << 20}
     if args.ct_memory:
-        bench_ct_memory(bundle, args.clicks or 5)
+        bench_ct_memory(bundle, options, args.clicks or 5)
     else:
-        bench_clicks(bundle, args.clicks or 10)
+        bench_clicks(bundle, options, args.clicks or 10)
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ from .embeddings import embedding_key
 from .models import ImageModels
 from .result import BackgroundStatus
 
-BACKGROUND_BYTES = 512 << 20
+BACKGROUND_BYTES = 448 << 20
 """Default budget of the background embeddings of one session (about 39 crops of the shipped
 models, 13 MB each): a 512x512x300 CT session stays within 1.5 GB."""
 BACKGROUND_NICE = 10

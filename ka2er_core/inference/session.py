@@ -125,7 +125,8 @@ class InteractiveSession:
 
     @property
     def memory_bytes(self) -> int:
-        """Bytes held beyond the model: image, masks, undo copies, crop logits, cached embeddings."""
+        """Bytes held beyond the model: image, masks, undo copies, crop logits, cached and background
+        embeddings."""
         image = 0 if self.volume is None else self.volume.array.nbytes
         return image + self.targets.memory_bytes + self.embeddings.memory_bytes
 
@@ -197,8 +198,7 @@ class InteractiveSession:
         return np.where(inside > 0, 1.0, -1.0).astype(np.float32)
 
     def _prompt(self, prompt: Prompt) -> Result:
-        """Answer ``prompt`` (the background starts no new crop meanwhile), then let the background
-        embed the crops of the target's next corrections around it."""
+        """Answer ``prompt`` (the background waiting), then prepare the next corrections around it."""
         with self.prefetcher.paused():
             result = self._answer(prompt)
         self._prefetch(self.target, np.mean(prompt.corners, axis=0))

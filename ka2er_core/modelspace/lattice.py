@@ -54,10 +54,11 @@ class Lattice:
         kji = np.stack(np.meshgrid(*(np.arange(s.start, min(s.stop, n), step) for s, n in
                                      zip(box, mask.shape)), indexing="ij"), -1).reshape(-1, 3)
         cells = self.cell(ijk_to_ras_points(kji[:, ::-1], grid.ijk_to_ras)).astype(np.int64)
+        first = cells.min(axis=0)
+        span = tuple(cells.max(axis=0) - first + 1)
+        keys = np.ravel_multi_index(tuple((cells - first).T), span)  # one integer per cell
         flat = inside.ravel()
-        found_in = np.unique(cells[flat], axis=0)
-        found_out = {tuple(c) for c in np.unique(cells[~flat], axis=0)}
-        surface = [c for c in found_in if tuple(c) in found_out]
-        centres = [self.anchor + c * self.stride for c in surface]
-        order = np.argsort([np.linalg.norm(c - np.asarray(near)) for c in centres], kind="stable")
-        return [self.crop(surface[i]) for i in order]
+        surface = np.intersect1d(keys[flat], keys[~flat])
+        indices = np.stack(np.unravel_index(surface, span), axis=-1) + first
+        distances = np.linalg.norm(self.anchor + indices * self.stride - np.asarray(near), axis=-1)
+        return [self.crop(indices[i]) for i in np.argsort(distances, kind="stable")]

@@ -32,8 +32,9 @@ from .models import ImageModels
 from .result import BackgroundStatus
 
 BACKGROUND_BYTES = 448 << 20
-"""Default budget of the background embeddings of one session (about 39 crops of the shipped
-models, 13 MB each): a 512x512x300 CT session stays within 1.5 GB."""
+"""Default budget of the background embeddings of one session: 33 crops of the shipped models (13 MB
+each), the surface of the white matter on bench_background's volume, which 2 cores embed within
+10 s of the image; a 512x512x300 CT session stays within 1.5 GB."""
 BACKGROUND_NICE = 10
 log = logging.getLogger("ka2er.background")
 _running: "weakref.WeakSet[Prefetcher]" = weakref.WeakSet()

@@ -17,7 +17,7 @@ from ka2er_core.inference import InteractiveSession
 from ka2er_core.inference.embeddings import EmbeddingCache
 from ka2er_core.modeling import ModelConfig, PromptableSegmenter
 from ka2er_core.modeling.normalization import Normalization
-from ka2er_core.modelspace.crop import centred_crop
+from ka2er_core.modelspace.crop import centred_crop, plan_crop
 from ka2er_core.modelspace.lattice import Lattice
 
 SHAPE = (40, 48, 44)
@@ -82,11 +82,11 @@ def test_surface_crops_are_the_cells_the_mask_border_crosses_nearest_first(volum
 
 
 def test_a_correction_in_a_crop_the_background_embedded_computes_no_embedding(bundle, volume):
-    """The same clicks give the same masks with the background (their crops embedded on the worker)
-    and without it (each crop embedded on the prompt path when its click comes)."""
+    """The same clicks give the same masks whether their lattice crops were embedded by the worker
+    (ready before each click) or on the prompt path (a budget of 0 bytes: the worker plans none)."""
     masks = {}
-    for background in (False, True):
-        session = InteractiveSession(bundle, device="cpu", background=background)
+    for budget in (0, 1 << 30):
+        session = InteractiveSession(bundle, device="cpu", background_bytes=budget)
         session.set_image(volume)
         session.set_mask(block())
         status = session.prefetcher.wait(WAIT_S)
@@ -94,16 +94,34 @@ def test_a_correction_in_a_crop_the_background_embedded_computes_no_embedding(bu
         for kji, positive in CORRECTIONS:
             computed = session.embeddings.computed
             session.add_point(ras(volume, kji), positive)
-            assert session.embeddings.computed == computed + (not background)
+            assert session.embeddings.computed == computed + (budget == 0)
             session.prefetcher.wait(WAIT_S)
-        masks[background] = session.mask.copy()
-        if background:
+        masks[budget] = session.mask.copy()
+        if budget:
             assert status.planned >= len(CORRECTIONS) and status.ready == status.planned
             assert status.bytes > 0 and session.embeddings.kept >= status.planned
         else:
             assert status.planned == 0 and session.embeddings.kept == 0
-    assert not np.array_equal(masks[True], block())  # the clicks changed something
-    np.testing.assert_array_equal(masks[True], masks[False])
+    assert not np.array_equal(masks[0], block())  # the clicks changed something
+    np.testing.assert_array_equal(masks[0], masks[1 << 30])
+
+
+def test_without_background_nothing_runs_and_a_correction_is_answered_in_a_crop_centred_on_the_click(
+        bundle, volume):
+    for background in (False, True):
+        session = InteractiveSession(bundle, device="cpu", background=background)
+        session.set_image(volume)
+        session.set_mask(block())
+        click = ras(volume, CORRECTIONS[0][0])
+        session.add_point(click, positive=False)
+        crop = session.target.answer.crop
+        centred = plan_crop(click, click, 32, 3.0, 6.0)
+        assert crop.same_as(centred) != background
+        assert crop.same_as(Lattice(volume.grid, 32, 3.0).nearest(click)) == background
+        if not background:
+            status = session.background
+            assert status.done and status.planned == 0 and session.embeddings.kept == 0
+            assert session.prefetcher._thread is None
 
 
 def test_the_byte_budget_holds_and_is_counted_in_the_session(bundle, volume):
@@ -148,15 +166,6 @@ def test_a_new_image_cancels_the_background_and_drops_its_work(bundle, volume, m
     status = session.prefetcher.wait(WAIT_S)
     assert status.done and status.bytes == 0 and session.embeddings.kept == 0
     assert session.prefetcher._thread is None
-
-
-def test_no_background_when_off(bundle, volume):
-    session = InteractiveSession(bundle, device="cpu", background=False)
-    session.set_image(volume)
-    session.set_mask(block())
-    session.add_point(ras(volume, CORRECTIONS[0][0]), positive=False)
-    status = session.background
-    assert status.done and status.planned == 0 and session.prefetcher._thread is None
 
 
 def test_a_prompt_needing_the_crop_the_worker_is_embedding_takes_the_workers_embedding():

@@ -80,8 +80,8 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         bundle = load_bundle(moe_from_student(Path(tmp)))
         start_mb = resident_mb()
-        routed = InteractiveSession(bundle, device="cpu")
-        plain = InteractiveSession(load_bundle(STUDENT_BUNDLE), device="cpu")
+        routed = InteractiveSession(bundle, device="cpu", background=False)  # the clicks alone
+        plain = InteractiveSession(load_bundle(STUDENT_BUNDLE), device="cpu", background=False)
         kji, _ = next_click(np.zeros_like(truth), truth)  # white matter: starts with a click
         first = ijk_to_ras_points(kji[::-1].astype(float), volume.ijk_to_ras)
         for session in (routed, plain):

@@ -182,7 +182,8 @@ def test_a_prompt_needing_the_crop_the_worker_is_embedding_takes_the_workers_emb
     worker.start()
     assert inside.wait(WAIT_S)
     answers = []
-    prompt = threading.Thread(target=lambda: answers.append(cache.get("general", crop, lambda: torch.zeros(4))))
+    prompt = threading.Thread(
+        target=lambda: answers.append(cache.get("general", crop, lambda: torch.zeros(4))))
     prompt.start()
     release.set()
     worker.join(WAIT_S)

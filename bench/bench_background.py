@@ -24,7 +24,6 @@ the background embeddings and the process's peak resident memory (model and torc
 from __future__ import annotations
 
 import argparse
-import resource
 import statistics
 import time
 
@@ -32,7 +31,7 @@ import numpy as np
 import torch
 
 from bench_session import (ReferenceDecoder, ReferenceEncoder, benchmark_phantom, benchmark_volume,
-                           clicks_near_one_crop, time_it)
+                           clicks_near_one_crop, peak_memory_mb, reset_peak_memory, resident_mb, time_it)
 from ka2er_core import InteractiveSession, Volume, load_bundle
 from ka2er_core.geometry import foreground_bounds, ijk_to_ras_points
 from ka2er_core.inference.prefetch import BACKGROUND_BYTES
@@ -104,7 +103,8 @@ def bench_clicks(bundle, options: dict, clicks: int) -> None:
         session.prefetcher.wait(READY_WAIT_S)
         dice = 2 * np.count_nonzero((session.mask > 0) & truth) / (np.count_nonzero(session.mask)
                                                                   + np.count_nonzero(truth))
-        rows.append((target, "box" if box else "click", result.member, first_s, ready_s, status, record, dice))
+        rows.append((target, "box" if box else "click", result.member, first_s, ready_s, status, record,
+                     dice))
         everything["ms"] += record["ms"]
         everything["cached_ms"] += record["cached_ms"]
         session.close()
@@ -122,42 +122,12 @@ def bench_clicks(bundle, options: dict, clicks: int) -> None:
               f"settled again after a click: median {median(record['wait_s']):4.1f} s, max "
               f"{max(record['wait_s']):4.1f} s | Dice after {len(record['ms'])} clicks {dice:.3f}")
     ours, cached, reference = median(everything["ms"]), median(everything["cached_ms"]), median(reference_ms)
-    print(f"all {len(everything['ms'])} correction clicks: median {ours:6.1f} ms, p95 {p95(everything['ms']):6.1f} ms"
-          f" | cached click (then {len(everything['cached_ms'])} clicks near one crop, bench_session's) median "
-          f"{cached:6.1f} ms, ratio {ours / cached:.2f}"
+    print(f"all {len(everything['ms'])} correction clicks: median {ours:6.1f} ms, "
+          f"p95 {p95(everything['ms']):6.1f} ms | cached click (then {len(everything['cached_ms'])} clicks "
+          f"near one crop, bench_session's) median {cached:6.1f} ms, ratio {ours / cached:.2f}"
           f" | SAM-Med3D-size decoder+upsampling median {reference:6.1f} ms (before the sessions "
-          f"{median(reference_before):.1f}, after {median(reference_ms[20:]):.1f}), ratio {ours / reference:.2f}")
-
-
-def reset_peak_memory() -> bool:
-    """Start the process's peak resident memory count again (Linux: /proc/self/clear_refs)."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def proc_status_mb(field: str) -> float:
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith(field)) / 1024
-
-
-def peak_memory_mb() -> float:
-    """Peak resident memory since the last reset (Linux), else over the process's life."""
-    try:
-        return proc_status_mb("VmHWM")
-    except (OSError, StopIteration):
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def resident_mb() -> float:
-    """Resident memory now (Linux; 0 elsewhere)."""
-    try:
-        return proc_status_mb("VmRSS")
-    except (OSError, StopIteration):
-        return 0.0
+          f"{median(reference_before):.1f}, after {median(reference_ms[20:]):.1f}), "
+          f"ratio {ours / reference:.2f}")
 
 
 def bench_ct_memory(bundle, options: dict, clicks: int) -> None:

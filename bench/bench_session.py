@@ -143,6 +143,37 @@ def clicks_near_one_crop(session: InteractiveSession, volume: Volume, truth: np.
     return click_ms
 
 
+def reset_peak_memory() -> bool:
+    """Start the process's peak resident memory count again (Linux: /proc/self/clear_refs)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def proc_status_mb(field: str) -> float:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field)) / 1024
+
+
+def peak_memory_mb() -> float:
+    """Peak resident memory since the last reset (Linux), else over the process's life."""
+    try:
+        return proc_status_mb("VmHWM")
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def resident_mb() -> float:
+    """Resident memory now (Linux; 0 elsewhere)."""
+    try:
+        return proc_status_mb("VmRSS")
+    except (OSError, StopIteration):
+        return 0.0
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bundle", default=None)
@@ -172,7 +203,7 @@ def main():
     answering = session.bundle.members[session.target.member or session.members[0]].model
     embed_ms = time_it(lambda: answering.embed(
         torch.zeros(1, 1, *crop.shape, device=session.device)), 3)
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak_mb = peak_memory_mb()
 
     encoder, decoder = ReferenceEncoder().eval(), ReferenceDecoder().eval()
     crop128 = torch.randn(1, 1, 128, 128, 128)

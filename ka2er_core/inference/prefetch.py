@@ -32,9 +32,9 @@ from .models import ImageModels
 from .result import BackgroundStatus
 
 BACKGROUND_BYTES = 448 << 20
-"""Default budget of the background embeddings of one session: 33 crops of the shipped models (13 MB
-each), the surface of the white matter on bench_background's volume, which 2 cores embed within
-10 s of the image; a 512x512x300 CT session stays within 1.5 GB."""
+"""Default budget of the background embeddings of one session: 35 crops of the shipped models (13.2 MB
+each; the white matter's surface on bench_background's volume crosses 33 lattice cells), which 2
+cores embed within about 10 s of the image; a 512x512x300 CT session stays within 1.5 GB."""
 BACKGROUND_NICE = 10
 log = logging.getLogger("ka2er.background")
 _running: "weakref.WeakSet[Prefetcher]" = weakref.WeakSet()
@@ -42,6 +42,8 @@ _running: "weakref.WeakSet[Prefetcher]" = weakref.WeakSet()
 
 @dataclass(frozen=True)
 class Request:
+    """What to prepare: ``mask``'s corrections, answered by ``members`` (in order), nearest ``near``."""
+
     members: tuple[Segmenter, ...]
     mask: np.ndarray
     near: np.ndarray

@@ -4,7 +4,8 @@ The session decides where the model looks (a crop around the prompts, zoomed out
 fits, or a close look around a correcting click) and which member answers (:class:`Router`); the
 model space (:mod:`ka2er_core.modelspace`) turns prompts into tokens and answers back into the mask;
 :class:`Targets` keeps masks and undo; :class:`EmbeddingCache` computes each crop's image embedding
-once, so that a click inside a cached crop runs only the prompt encoder and the mask decoder.
+once, so that a click inside a cached crop runs only the prompt encoder and the mask decoder; after
+each prompt, :class:`Prefetcher` embeds the crops of the target's next corrections in the background.
 """
 
 from __future__ import annotations

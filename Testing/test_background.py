@@ -142,6 +142,26 @@ def test_the_byte_budget_holds_and_is_counted_in_the_session(bundle, volume):
     assert status.bytes <= status.budget and status.ready == 2
 
 
+def test_the_background_follows_the_current_target(bundle, volume):
+    session = InteractiveSession(bundle, device="cpu")
+    session.set_image(volume)
+    lattice = Lattice(volume.grid, 32, 3.0)
+    small = np.zeros(SHAPE, np.uint8)
+    small[2:6, 2:6, 2:6] = 1  # a corner: fewer cells than the block
+    plans = {}
+    for name, mask in (("block", block()), ("small", small)):
+        session.set_target(name)
+        session.set_mask(mask)
+        plans[name] = session.prefetcher.wait(WAIT_S).planned
+        assert plans[name] == len(lattice.surface_crops(mask, volume.grid, np.zeros(3)))
+    assert plans["small"] < plans["block"]
+    session.set_target("block")  # back: its corrections are prepared again
+    status = session.prefetcher.wait(WAIT_S)
+    assert status.planned == plans["block"] and status.ready == status.planned
+    session.set_target("empty")  # a new target has nothing to prepare: the plan stays
+    assert session.background.planned == plans["block"]
+
+
 def test_a_new_image_cancels_the_background_and_drops_its_work(bundle, volume, monkeypatch):
     session = InteractiveSession(bundle, device="cpu")
     session.set_image(volume)

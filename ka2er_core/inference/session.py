@@ -107,8 +107,11 @@ class InteractiveSession:
         self.pinned = member
 
     def set_target(self, name: str) -> None:
-        """Make ``name`` the current target (created empty on first use); embeddings stay cached."""
-        self.target_name = name
+        """Make ``name`` the current target (created empty on first use); embeddings stay cached,
+        and the background turns to another target's corrections."""
+        changed, self.target_name = name != self.target_name, name
+        if changed and name in self.targets and self.targets[name].bounds is not None:
+            self._prefetch(self.target)
 
     @property
     def target(self) -> Target:
@@ -156,7 +159,7 @@ class InteractiveSession:
         self._require_image()
         region = self.targets.set_mask(self.target_name, mask)
         if self.target.bounds is not None:
-            self._prefetch(self.target, np.mean(self.target.bounds, axis=0))
+            self._prefetch(self.target)
         return region
 
     def undo(self) -> Optional[Region]:
@@ -206,9 +209,11 @@ class InteractiveSession:
         self._prefetch(self.target, np.mean(prompt.corners, axis=0))
         return result
 
-    def _prefetch(self, target: Target, near) -> None:
-        """Background embeddings for ``target``'s corrections: its member's (the lattice's), then
-        the general model's, which the gate reads when that member's answer changes nothing."""
+    def _prefetch(self, target: Target, near=None) -> None:
+        """Background embeddings for ``target``'s corrections, nearest ``near`` (RAS; default: the
+        mask's centre) first: its member's (the lattice's), then the general model's, which the gate
+        reads when that member's answer changes nothing."""
+        near = np.mean(target.bounds, axis=0) if near is None else near
         members = [self._planner(target)]
         general = self.router.general
         if (self.pinned is None and self.router.gate is not None and general != members[0].name

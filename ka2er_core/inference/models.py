@@ -36,11 +36,6 @@ class ImageModels:
         self._image = (volume, sample, {}, outside_value(volume.array))  # {}: normalisation -> statistics
         self.embeddings.clear()
 
-    @property
-    def loaded(self) -> set[str]:
-        """Names of the members on the device (used at least once)."""
-        return set(self._ready)
-
     def member(self, name: str) -> Segmenter:
         """Member ``name``, loaded (a moe bundle reads weights on first use) and on the device."""
         member = self.bundle.members[name]
@@ -48,6 +43,15 @@ class ImageModels:
             member.model.to(self.device)
             self._ready.add(name)
         return member
+
+    def correctors(self, member: Segmenter, pinned: bool) -> list[Segmenter]:
+        """The members whose embeddings a correction answered by ``member`` may need: ``member``,
+        then (with a gate and no member pinned) the general model, which the gate reads when
+        ``member``'s answer changes nothing, if it is on the device already."""
+        general = self.router.general
+        if pinned or self.router.gate is None or general == member.name or general not in self._ready:
+            return [member]
+        return [member, self.member(general)]
 
     def route(self, prompts: list[Prompt], crop: Crop) -> Segmenter:
         """The member the router chooses for ``prompts`` on ``crop`` (the gate reads the general

@@ -211,14 +211,9 @@ class InteractiveSession:
 
     def _prefetch(self, target: Target, near=None) -> None:
         """Background embeddings for ``target``'s corrections, nearest ``near`` (RAS; default: the
-        mask's centre) first: its member's (the lattice's), then the general model's, which the gate
-        reads when that member's answer changes nothing."""
+        mask's centre) first."""
         near = np.mean(target.bounds, axis=0) if near is None else near
-        members = [self._planner(target)]
-        general = self.router.general
-        if (self.pinned is None and self.router.gate is not None and general != members[0].name
-                and general in self.models.loaded):
-            members.append(self._member(general))
+        members = self.models.correctors(self._planner(target), pinned=self.pinned is not None)
         self.prefetcher.follow(members, target.mask, near)
 
     def _answer(self, prompt: Prompt) -> Result:

@@ -30,6 +30,7 @@ from KA2ERSegmentLib.dependencies import DependencyInstaller
 from KA2ERSegmentLib.errors import SceneError, describe_error
 from KA2ERSegmentLib.geometry import box_world, curve_world, engine_volume, point_world
 from KA2ERSegmentLib.segments import read_segment, segment_ids, write_region
+from KA2ERSegmentLib.status import background_text
 from KA2ERSegmentLib.targets import TargetSync, seed_targets
 from KA2ERSegmentLib.worker import Job, Worker
 
@@ -42,6 +43,8 @@ PLACE_KEYS = {"A": PromptKind.POSITIVE_POINT, "S": PromptKind.NEGATIVE_POINT, "D
               "C": PromptKind.POSITIVE_LASSO, "V": PromptKind.NEGATIVE_LASSO}
 ACTION_KEYS = {"Z": "undo", "R": "reset", "N": "next segment"}
 SHORTCUTS = {**{key: kind.value for key, kind in PLACE_KEYS.items()}, **ACTION_KEYS}
+BACKGROUND_POLL_TICKS = 33
+"""GUI timer ticks (30 ms) between questions about the background embeddings: about a second."""
 
 
 class KA2ERSegment(ScriptedLoadableModule):
@@ -105,7 +108,8 @@ class KA2ERSegmentLogic(ScriptedLoadableModuleLogic, VTKObservationMixin):
     them and with the target segment, which may have been edited outside the module since (then the
     session starts again from it). Closing the scene drops the session and every node of that scene.
 
-    Callbacks (set by the Widget, or a test): ``onResult(segmentId, result)``, ``onError(text)``.
+    Callbacks (set by the Widget, or a test): ``onResult(segmentId, result)``, ``onError(text)``,
+    ``onBackground(status)`` (how far the session's background embeddings are, :meth:`refreshBackground`).
     Every public call returns at once; :meth:`Worker.deliver` (a GUI timer) applies the results.
     """
 
@@ -126,6 +130,10 @@ class KA2ERSegmentLogic(ScriptedLoadableModuleLogic, VTKObservationMixin):
         self.undoMarks: dict[str, list] = {}  # segment id -> markups node (or None) per prompt
         self.onResult = None
         self.onError = None
+        self.onBackground = None
+        self.background = None
+        """The session's last reported background status (``refreshBackground``)."""
+        self.askingBackground = False
         self.lastSceneMs = {"prompt": 0.0, "write": 0.0}
         """Slicer-side time of the last prompt: markup to RAS, and the segment write (ms)."""
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
@@ -186,7 +194,8 @@ class KA2ERSegmentLogic(ScriptedLoadableModuleLogic, VTKObservationMixin):
             else:
                 from ka2er_core import InteractiveSession, load_bundle
 
-                session = InteractiveSession(load_bundle(source or None), device=device)
+                session = InteractiveSession(load_bundle(source or None), device=device,
+                                             background=True)
             if volume is not None:
                 session.set_image(volume)
             if member != AUTO and member in session.members:
@@ -320,6 +329,30 @@ class KA2ERSegmentLogic(ScriptedLoadableModuleLogic, VTKObservationMixin):
                 node.RemoveAllControlPoints()
 
         self._edit("reset", change, apply, self._report)
+
+    @property
+    def busy(self) -> bool:
+        """Work for the user is queued or running (not counting a background status question)."""
+        return self.worker.pending > int(self.askingBackground)
+
+    def refreshBackground(self) -> None:
+        """Ask the session how far its background embeddings are, on the worker and only when it has
+        nothing else to do (a server's session answers over HTTP); ``onBackground(status)`` gets the
+        answer. A failed question is not reported: the next one asks again."""
+        if self.session is None or self.worker.pending:
+            return
+
+        def answered(status):
+            self.askingBackground, self.background = False, status
+            if self.onBackground is not None:
+                self.onBackground(status)
+
+        def unanswered(error):
+            self.askingBackground = False
+
+        self.askingBackground = True
+        self.worker.submit(Job("background status", lambda: self._session().background, answered,
+                               unanswered))
 
     def promptNode(self, kind: PromptKind):
         """The markups node prompts of ``kind`` are placed with (added to the scene if missing)."""
@@ -523,6 +556,8 @@ class KA2ERSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.shortcuts = []
         self.placeButtons = {}
         self.shownSource = None  # the source the model fields were last set from
+        self.resultText = ""  # the status line's report of the last prompt
+        self.ticks = 0
         self._parameterNode = None
         self._parameterNodeGuiTag = None
 
@@ -536,6 +571,7 @@ class KA2ERSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic = KA2ERSegmentLogic()
         self.logic.onResult = self.onResult
         self.logic.onError = self.onError
+        self.logic.onBackground = self.onBackground
         self.installer = DependencyInstaller(slicer.util.confirmOkCancelDisplay,
                                              slicer.util.pip_install, install_torch)
         self.ui.shortcutsLabel.text = "Shortcuts: " + ", ".join(
@@ -805,9 +841,13 @@ class KA2ERSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                     self.guarded(self.logic.addCurve, node, kind.positive)
 
     def poll(self):
-        """GUI timer: deliver finished work, show progress while the worker is busy."""
+        """GUI timer: deliver finished work, show progress while the worker is busy, and when it is
+        idle, ask about the background embeddings every :data:`BACKGROUND_POLL_TICKS` ticks."""
         self.logic.worker.deliver()
-        busy = self.logic.worker.pending > 0
+        busy = self.logic.busy
+        self.ticks += 1
+        if not busy and self.ticks % BACKGROUND_POLL_TICKS == 0:
+            self.logic.refreshBackground()
         self.ui.progressBar.maximum = 0 if busy else 100
         if busy and self.logic.worker.running:
             self.ui.statusLabel.text = (f"{self.logic.worker.running}... (a click in a new region "
@@ -821,8 +861,14 @@ class KA2ERSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 button.enabled = kind in offered
 
     def onResult(self, segmentId, result):
-        self.ui.statusLabel.text = (f"{segmentId}: {result.latency_ms:.0f} ms, confidence "
-                                    f"{result.score:.2f}, answered by {result.member}")
+        self.resultText = (f"{segmentId}: {result.latency_ms:.0f} ms, confidence {result.score:.2f}, "
+                           f"answered by {result.member}")
+        self.ui.statusLabel.text = self.resultText
+
+    def onBackground(self, status):
+        readiness = background_text(status)
+        if readiness and not self.logic.busy:
+            self.ui.statusLabel.text = f"{self.resultText}; {readiness}" if self.resultText else readiness
 
     def onError(self, text):
         self.ui.statusLabel.text = f"Error: {text}"

@@ -231,7 +231,7 @@ def test_scribbles_and_lassos_over_a_server_equal_the_in_process_session(server)
 
     subject = ct_phantom(TEST_SEEDS[0], shape=(24, 48, 48), spacing=(4.0, 3.0, 3.0), oblique=True)
     volume, liver = subject.image, subject.label.array == PHANTOM_LABELS["liver"]
-    local = InteractiveSession(load_bundle(), device="cpu")
+    local = InteractiveSession(load_bundle(), device="cpu", background=True)  # as the server's
     remote = RemoteSession(server.url, token=TOKEN)
     assert {"scribble", "lasso"} <= set(remote.prompt_types)
     assert remote.prompt_types == local.prompt_types

@@ -11,7 +11,8 @@ import pytest
 from ka2er_core import load_bundle
 from ka2er_core.data import PHANTOM_LABELS, TEST_SEEDS, ct_phantom
 from ka2er_core.errors import PromptError
-from ka2er_core.geometry import ijk_to_ras_points
+from ka2er_core.inference.prefetch import BACKGROUND_BYTES
+from ka2er_core.geometry import foreground_bounds, ijk_to_ras_points
 from ka2er_core.inference import InteractiveSession
 from ka2er_core.server.app import Limits, create_app
 from ka2er_core.server.client import AuthenticationError, RemoteError, RemoteSession, ServerUnavailableError
@@ -77,7 +78,8 @@ def clicks_on(subject, name, count):
 
 def test_the_same_clicks_give_the_same_mask_as_in_process(server, bundle):
     subject = phantom(TEST_SEEDS[0])
-    local, remote = InteractiveSession(bundle, device="cpu"), RemoteSession(server.url, token=TOKEN)
+    local = InteractiveSession(bundle, device="cpu", background=True)  # as the server's
+    remote = RemoteSession(server.url, token=TOKEN)
     for session in (local, remote):
         session.set_image(subject.image)
     points = clicks_on(subject, "liver", 3)
@@ -104,6 +106,28 @@ def test_the_same_clicks_give_the_same_mask_as_in_process(server, bundle):
     remote.set_mask(np.zeros_like(remote.mask))
     assert remote.undo_depth == 0 and not remote.mask.any()
     remote.reset()
+    remote.close()
+
+
+def test_session_info_reports_the_background_embeddings_counted_in_the_sessions_memory(server):
+    subject = phantom(TEST_SEEDS[0])
+    remote = RemoteSession(server.url, token=TOKEN)
+    remote.set_image(subject.image)
+    assert remote.background.planned == 0  # nothing to plan before the first prompt
+    low, high = foreground_bounds(subject.label.array == PHANTOM_LABELS["liver"])
+    remote.add_box(*(ijk_to_ras_points(corner[::-1].astype(float), subject.image.ijk_to_ras)
+                     for corner in (low, high)))
+    assert remote.mask.any()
+    served = server.store.get(remote.session_id).session
+    served.prefetcher.wait(600)  # a bound on a hung worker, not a timing requirement
+    status = remote.background
+    assert status.done and status.planned > 0 and status.ready == status.planned
+    limits = server.app.state.limits
+    assert status.budget == min(BACKGROUND_BYTES, limits.max_memory_bytes // limits.max_sessions)
+    assert 0 < status.bytes <= status.budget
+    _, info = server.raw("GET", f"/sessions/{remote.session_id}")
+    assert info["shape"] == list(subject.image.shape) and info["background"]["ready"] == status.ready
+    assert info["memory_bytes"] >= subject.image.array.nbytes + remote.mask.nbytes + status.budget
     remote.close()
 
 
@@ -237,7 +261,8 @@ def test_without_overlap_the_server_keeps_other_segments_and_a_restore_keeps_the
     """overlap = False on a RemoteSession reaches the server (the same masks as in process), and
     is set again on the new server session after the old one was dropped."""
     subject = phantom(TEST_SEEDS[0])
-    local, remote = InteractiveSession(bundle, device="cpu"), RemoteSession(server.url, token=TOKEN)
+    local = InteractiveSession(bundle, device="cpu", background=True)  # as the server's
+    remote = RemoteSession(server.url, token=TOKEN)
     liver = clicks_on(subject, "liver", 2)
     for session in (local, remote):
         session.set_image(subject.image)
@@ -428,17 +453,28 @@ def test_ka2er_serve_starts_from_the_command_line_and_refuses_without_a_token(tm
         process.wait(20)
 
 
+class StoredSession:
+    """What the session store needs of a session: to be closed when dropped."""
+
+    closed = False
+
+    def close(self):
+        self.closed = True
+
+
 def test_sessions_expire_when_idle_and_the_least_recently_used_go_first():
     from ka2er_core.server.sessions import SessionGone, SessionStore
 
     now = [0.0]
     store = SessionStore(max_sessions=3, max_bytes=1000, idle_seconds=60, clock=lambda: now[0])
-    a, b, c = (store.add(object(), 100) for _ in range(3))
+    sessions = [StoredSession() for _ in range(3)]
+    a, b, c = (store.add(session, 100) for session in sessions)
     now[0] = 30
     store.get(a)  # a is now the most recently used
-    d = store.add(object(), 100)  # a 4th session: b (least recently used) goes
+    d = store.add(StoredSession(), 100)  # a 4th session: b (least recently used) goes
     with pytest.raises(SessionGone):
         store.get(b)
+    assert [s.closed for s in sessions] == [False, True, False]  # its background embeddings stop
     store.update(d, 850)  # d grew: 100 + 100 + 850 > 1000, so c goes (a was used later)
     with pytest.raises(SessionGone):
         store.get(c)
@@ -456,16 +492,16 @@ def test_a_new_session_waiting_for_its_first_request_is_evicted_last():
 
     now = [0.0]
     store = SessionStore(max_sessions=3, max_bytes=10**6, idle_seconds=600, clock=lambda: now[0])
-    a = store.add(object(), 100)
+    a = store.add(StoredSession(), 100)
     now[0] = 0.5
-    b, c = store.add(object(), 100), store.add(object(), 100)
+    b, c = store.add(StoredSession(), 100), store.add(StoredSession(), 100)
     store.get(a)  # a's client prompted; b's and c's have not yet
     now[0] = 1.0
-    store.add(object(), 100)
+    store.add(StoredSession(), 100)
     with pytest.raises(SessionGone):
         store.get(a)
     now[0] += UPLOAD_GRACE_SECONDS
-    store.add(object(), 100)  # b: the least recently used, its grace over
+    store.add(StoredSession(), 100)  # b: the least recently used, its grace over
     with pytest.raises(SessionGone):
         store.get(b)
     store.get(c)

@@ -21,7 +21,7 @@ from ka2er_core.server.app import Limits, create_app
 from ka2er_core.server.sessions import SessionGone, SessionStore, SessionTooLarge
 from ka2er_core.server.wire import encode_array, encode_volume
 from ka2er_core.volume import Volume
-from test_server import TOKEN, LiveServer, clicks_on, phantom
+from test_server import TOKEN, LiveServer, StoredSession, clicks_on, phantom
 
 READ_TIMEOUT_S = 2.0
 MEMORY_GB = 0.1
@@ -312,7 +312,7 @@ def read_response(sock: socket.socket, deadline: float) -> bytes:
 
 def test_a_session_may_not_outgrow_the_memory_of_all_sessions():
     store = SessionStore(max_sessions=5, max_bytes=1000, idle_seconds=60)
-    older, growing = store.add(object(), 300), store.add(object(), 300)
+    older, growing = store.add(StoredSession(), 300), store.add(StoredSession(), 300)
     store.reserve(growing, 500)  # 1100 bytes with the older one: it makes room
     with pytest.raises(SessionGone):
         store.get(older)
@@ -332,7 +332,7 @@ def bundle():
 def test_the_undo_history_counts_in_a_sessions_bytes(bundle):
     """Each prompt keeps the previous answer's crop logits for undo: counted, once each."""
     subject = phantom(4)
-    session = InteractiveSession(bundle, device="cpu")
+    session = InteractiveSession(bundle, device="cpu", background=False)  # no bytes added meanwhile
     session.set_image(subject.image)
     for point in clicks_on(subject, "liver", 3):
         session.add_point(point)

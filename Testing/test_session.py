@@ -75,7 +75,7 @@ def test_prompts_outside_the_image_or_malformed_are_refused(bundle, volume):
 
 
 def test_clicks_undo_exactly_and_share_the_embedding(bundle, volume, monkeypatch):
-    session = InteractiveSession(bundle, device="cpu")
+    session = InteractiveSession(bundle, device="cpu", background=False)  # counts the prompts' embeddings
     session.set_image(volume)
     calls = []
     original = bundle.default.model.embed

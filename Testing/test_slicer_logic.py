@@ -9,6 +9,7 @@ import importlib
 import shutil
 import sys
 import types
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -376,6 +377,29 @@ def test_a_box_from_a_markups_roi_segments_the_object(slicer, logic):
     logic.addBox(box)
     logic.worker.wait()
     assert logic.errors == [] and dice(segment_array(logic, segment_id), ball) > 0.5
+
+
+def test_the_background_embeddings_readiness_reaches_the_logic(slicer, logic):
+    from KA2ERSegmentLib.status import background_text
+
+    volume, _, _, centre = oblique_ball_volume(slicer)
+    logic.setVolume(volume)
+    segment_id = logic.setTarget("")
+    positive, _, _ = logic.promptNodes()
+    reported = []
+    logic.onBackground = reported.append
+    click(logic, positive, centre)
+    assert logic.results and segment_array(logic, segment_id).any()
+    logic.session.prefetcher.wait(600)  # a bound on a hung worker, not a timing requirement
+    logic.refreshBackground()
+    assert not logic.busy  # a status question is not work for the user
+    logic.worker.wait()
+    status = logic.background
+    assert reported == [status] and status.done and status.planned > 0
+    assert status.ready == status.planned and not logic.askingBackground
+    assert background_text(status) == f"corrections ready in {status.planned} regions"
+    assert background_text(replace(status, ready=0, done=False)) == (
+        f"preparing corrections: 0 of {status.planned} regions ready")
 
 
 def test_scene_errors_are_one_clear_message_and_change_nothing(slicer):

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench_session import benchmark_volume
+from bench_session import benchmark_volume, resident_mb
 from ka2er_core import InteractiveSession, load_bundle
 from ka2er_core.bundle import STUDENT_BUNDLE, save_moe_bundle
 from ka2er_core.geometry import ijk_to_ras_points, ras_to_ijk
@@ -34,14 +34,6 @@ from ka2er_core.modeling.gate import Gate
 from ka2er_core.modelspace.clicks import next_click
 
 TASK_MEMBERS = ("task A", "task B")
-
-
-def resident_mb() -> float:
-    """Current resident set size of this process, MB."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmRSS in /proc/self/status")
 
 
 def moe_from_student(folder: Path) -> Path:
@@ -80,8 +72,8 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         bundle = load_bundle(moe_from_student(Path(tmp)))
         start_mb = resident_mb()
-        routed = InteractiveSession(bundle, device="cpu")
-        plain = InteractiveSession(load_bundle(STUDENT_BUNDLE), device="cpu")
+        routed = InteractiveSession(bundle, device="cpu", background=False)  # the clicks alone
+        plain = InteractiveSession(load_bundle(STUDENT_BUNDLE), device="cpu", background=False)
         kji, _ = next_click(np.zeros_like(truth), truth)  # white matter: starts with a click
         first = ijk_to_ras_points(kji[::-1].astype(float), volume.ijk_to_ras)
         for session in (routed, plain):

@@ -59,7 +59,7 @@ def main():
     args = parser.parse_args()
     volume, truth = benchmark_volume()
     bundle = load_bundle()
-    local = InteractiveSession(bundle, device="cpu")
+    local = InteractiveSession(bundle, device="cpu", background=True)  # as the server's
     local.set_image(volume)
     clicks, local_ms = record_clicks(local, truth, args.clicks)
 

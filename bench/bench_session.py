@@ -3,7 +3,8 @@
 Ours: the shipped default bundle (or --bundle) in an InteractiveSession on a 256x256x200 volume (the
 MNI152 1 mm template placed in that grid): image embedding of a new crop, then per-click latency from
 a RAS click to the mask pasted into the volume grid: protocol clicks (largest error anywhere; some
-need a new crop embedding) and clicks near one crop (embedding cached, the budget's case); peak memory.
+need a new crop embedding: no background embeddings here, see bench_background.py) and clicks near
+one crop (embedding cached, the budget's case); peak memory.
 Reference: modules of SAM-Med3D's published size, written here from its paper (ViT-B image encoder on
 a 128^3 crop, 16^3 patches -> 8^3 tokens, 768 wide, 12 blocks; 384-wide prompt encoder and two-way
 mask decoder over the 8^3 tokens, upsampled to 128^3). Random weights: only time is compared.
@@ -25,7 +26,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ka2er_core import InteractiveSession, Volume, load_bundle
-from ka2er_core.data.mni import MNI_LABELS, mni152
+from ka2er_core.data.mni import BRAIN_VALUES, MNI_LABELS, mni152
+from ka2er_core.data.phantoms import PHANTOM_LABELS, ct_phantom
 from ka2er_core.geometry import ijk_to_ras_points, ras_to_ijk
 from ka2er_core.modeling.common import MLP
 from ka2er_core.modeling.transformer import TwoWayTransformer
@@ -84,8 +86,9 @@ def time_it(fn, repeats):
     return times
 
 
-def benchmark_volume() -> tuple[Volume, np.ndarray]:
-    """The 1 mm MNI152 template centred in a 256x256x200 grid, and its white matter."""
+def benchmark_volume(target: str = "white matter") -> tuple[Volume, np.ndarray]:
+    """The 1 mm MNI152 template centred in a 256x256x200 grid, and its ``target`` ("brain" or one
+    of :data:`MNI_LABELS`)."""
     image, labels = mni152(1)
     array = np.zeros((200, 256, 256), np.float32)
     label = np.zeros((200, 256, 256), bool)
@@ -93,10 +96,82 @@ def benchmark_volume() -> tuple[Volume, np.ndarray]:
     offset = ((200 - k) // 2, (256 - j) // 2, (256 - i) // 2)
     box = tuple(slice(o, o + n) for o, n in zip(offset, image.shape))
     array[box] = image.array
-    label[box] = labels.array == MNI_LABELS["white matter"]
+    values = BRAIN_VALUES if target == "brain" else (MNI_LABELS[target],)
+    label[box] = np.isin(labels.array, values)
     matrix = image.ijk_to_ras.copy()
     matrix[:3, 3] -= matrix[:3, :3] @ np.array(offset[::-1], dtype=float)
     return Volume(array, matrix), label
+
+
+CT_SHAPE = (300, 512, 512)  # (k, j, i)
+
+
+def benchmark_phantom() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Image (k, j, i) int16 HU, its IJK-to-RAS and the liver mask, on a 512x512x300 grid: an
+    oblique CT phantom made at half resolution, each voxel repeated 2x2x2."""
+    coarse = ct_phantom(0, shape=[n // 2 for n in CT_SHAPE], spacing=(1.4, 1.4, 2.0), oblique=True)
+    fine = np.diag([0.5, 0.5, 0.5, 1.0])
+    fine[:3, 3] = -0.25  # fine voxel n sits at coarse index n / 2 - 1/4
+    repeat = lambda a: a.repeat(2, 0).repeat(2, 1).repeat(2, 2)  # noqa: E731
+    image = repeat(np.clip(coarse.image.array, -1024, 3071).astype(np.int16))
+    liver = repeat(coarse.label.array == PHANTOM_LABELS["liver"])
+    return image, coarse.image.ijk_to_ras @ fine, liver
+
+
+def clicks_near_one_crop(session: InteractiveSession, volume: Volume, truth: np.ndarray,
+                         clicks: int) -> list[float]:
+    """Local refinement, the budget's cached click: each click at the largest error near the current
+    crop's centre (its embedding cached), once the session's background has settled; latencies in ms."""
+    click_ms = []
+    for _ in range(clicks):
+        crop = session.target.answer.crop.grid
+        near = np.zeros_like(truth)
+        centre = np.round(ras_to_ijk(ijk_to_ras_points(np.full(3, (crop.shape[0] - 1) / 2),
+                                                       crop.ijk_to_ras), volume.ijk_to_ras)).astype(int)
+        radius = int(crop.shape[0] * crop.spacing[0] / 5)  # mm = voxels of the 1 mm volume
+        near[tuple(slice(max(c - radius, 0), c + radius) for c in centre[::-1])] = True
+        click = next_click((session.mask > 0) & near, truth & near)
+        if click is None:
+            break
+        computed = session.embeddings.computed
+        kji, positive = click
+        session.prefetcher.wait()
+        result = session.add_point(ijk_to_ras_points(kji[::-1].astype(float), volume.ijk_to_ras), positive)
+        if session.embeddings.computed > computed:
+            raise RuntimeError("a click near the crop centre computed a new embedding")
+        click_ms.append(result.latency_ms)
+    return click_ms
+
+
+def reset_peak_memory() -> bool:
+    """Start the process's peak resident memory count again (Linux: /proc/self/clear_refs)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def proc_status_mb(field: str) -> float:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field)) / 1024
+
+
+def peak_memory_mb() -> float:
+    """Peak resident memory since the last reset (Linux), else over the process's life."""
+    try:
+        return proc_status_mb("VmHWM")
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def resident_mb() -> float:
+    """Resident memory now (Linux; 0 elsewhere)."""
+    try:
+        return proc_status_mb("VmRSS")
+    except (OSError, StopIteration):
+        return 0.0
 
 
 def main():
@@ -107,7 +182,7 @@ def main():
     torch.set_grad_enabled(False)
 
     volume, truth = benchmark_volume()
-    session = InteractiveSession(load_bundle(args.bundle), device="auto")
+    session = InteractiveSession(load_bundle(args.bundle), device="auto", background=False)
     session.set_image(volume)
     start = time.perf_counter()  # white matter shares the brain's box: it starts with a click
     kji, _ = next_click(np.zeros_like(truth), truth)
@@ -123,28 +198,12 @@ def main():
         result = session.add_point(ijk_to_ras_points(kji[::-1].astype(float), volume.ijk_to_ras), positive)
         protocol_ms.append(result.latency_ms)
         protocol_new += session.embeddings.computed > computed
-    click_ms = []
-    for _ in range(args.clicks):  # local refinement: the largest error near the current crop's centre
-        crop = session.target.answer.crop.grid
-        near = np.zeros_like(truth)
-        centre = np.round(ras_to_ijk(ijk_to_ras_points(np.full(3, (crop.shape[0] - 1) / 2),
-                                                       crop.ijk_to_ras), volume.ijk_to_ras)).astype(int)
-        radius = int(crop.shape[0] * crop.spacing[0] / 5)  # mm = voxels of the 1 mm volume
-        near[tuple(slice(max(c - radius, 0), c + radius) for c in centre[::-1])] = True
-        click = next_click((session.mask > 0) & near, truth & near)
-        if click is None:
-            break
-        computed = session.embeddings.computed
-        kji, positive = click
-        result = session.add_point(ijk_to_ras_points(kji[::-1].astype(float), volume.ijk_to_ras), positive)
-        if session.embeddings.computed > computed:
-            raise RuntimeError("a click near the crop centre computed a new embedding")
-        click_ms.append(result.latency_ms)
+    click_ms = clicks_near_one_crop(session, volume, truth, args.clicks)
     crop = session.target.answer.crop.grid
     answering = session.bundle.members[session.target.member or session.members[0]].model
     embed_ms = time_it(lambda: answering.embed(
         torch.zeros(1, 1, *crop.shape, device=session.device)), 3)
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak_mb = peak_memory_mb()
 
     encoder, decoder = ReferenceEncoder().eval(), ReferenceDecoder().eval()
     crop128 = torch.randn(1, 1, 128, 128, 128)

@@ -30,23 +30,9 @@ sys.path[:0] = [str(ROOT / "Testing"), str(ROOT / "KA2ERSegment")]
 
 import slicer_standin  # noqa: E402
 
-from ka2er_core.data.phantoms import PHANTOM_LABELS, ct_phantom  # noqa: E402
+from bench_session import CT_SHAPE as SHAPE, benchmark_phantom  # noqa: E402
 from ka2er_core.geometry import ijk_to_ras_points  # noqa: E402
 from ka2er_core.modelspace.clicks import next_click  # noqa: E402
-
-SHAPE = (300, 512, 512)  # (k, j, i)
-
-
-def benchmark_phantom() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Image (k, j, i) int16 HU, its IJK-to-RAS and the liver mask, on the 512x512x300 grid."""
-    coarse = ct_phantom(0, shape=[n // 2 for n in SHAPE], spacing=(1.4, 1.4, 2.0), oblique=True)
-    fine = np.diag([0.5, 0.5, 0.5, 1.0])
-    fine[:3, 3] = -0.25  # fine voxel n sits at coarse index n / 2 - 1/4
-    repeat = lambda a: a.repeat(2, 0).repeat(2, 1).repeat(2, 2)  # noqa: E731
-    image = repeat(np.clip(coarse.image.array, -1024, 3071).astype(np.int16))
-    liver = repeat(coarse.label.array == PHANTOM_LABELS["liver"])
-    return image, coarse.image.ijk_to_ras @ fine, liver
-
 
 def summary(values: list[float]) -> str:
     return f"median {statistics.median(values):6.2f} ms, p95 {np.percentile(values, 95):6.2f} ms"

@@ -148,7 +148,7 @@ def resample(array: np.ndarray, ijk_to_ras: np.ndarray, target: Grid, *, order: 
     # scipy indexes in array order (k, j, i): reverse both the rows and the columns.
     matrix = target_to_source[:3, :3][::-1, ::-1]
     offset = target_to_source[:3, 3][::-1]
-    source = array if order == 0 or array.dtype in (np.float32, np.float64) else array.astype(np.float32)
-    out = ndimage.affine_transform(source, matrix, offset=offset, output_shape=tuple(target.shape),
-                                   order=order, mode="constant", cval=fill, prefilter=False)
-    return out.astype(dtype, copy=False)
+    # Straight from the source's dtype into the output's: no float copy of a large int16 volume.
+    return ndimage.affine_transform(array, matrix, offset=offset, output_shape=tuple(target.shape),
+                                    output=np.dtype(dtype), order=order, mode="constant", cval=fill,
+                                    prefilter=False)

@@ -30,10 +30,10 @@ class ImageModels:
     def set_image(self, volume: Volume) -> None:
         """Answer on ``volume`` (not copied) from now on; forgets the cached embeddings."""
         self.volume = volume
-        self._sample = subsample(volume.array)
-        self._statistics: dict = {}  # normalisation -> this image's statistics
-        self.router.set_modality(image_modality(volume.array, self._sample))
-        self._fill = outside_value(volume.array)
+        sample = subsample(volume.array)
+        self.router.set_modality(image_modality(volume.array, sample))
+        # One tuple, replaced at once: the background worker may be embedding the previous image.
+        self._image = (volume, sample, {}, outside_value(volume.array))  # {}: normalisation -> statistics
         self.embeddings.clear()
 
     def member(self, name: str) -> Segmenter:
@@ -43,6 +43,15 @@ class ImageModels:
             member.model.to(self.device)
             self._ready.add(name)
         return member
+
+    def correctors(self, member: Segmenter, pinned: bool) -> list[Segmenter]:
+        """The members whose embeddings a correction answered by ``member`` may need: ``member``,
+        then (with a gate and no member pinned) the general model, which the gate reads when
+        ``member``'s answer changes nothing, if it is on the device already."""
+        general = self.router.general
+        if pinned or self.router.gate is None or general == member.name or general not in self._ready:
+            return [member]
+        return [member, self.member(general)]
 
     def route(self, prompts: list[Prompt], crop: Crop) -> Segmenter:
         """The member the router chooses for ``prompts`` on ``crop`` (the gate reads the general
@@ -56,15 +65,20 @@ class ImageModels:
 
     def embedding(self, crop: Crop, member: Segmenter):
         """``member``'s embedding of ``crop`` of the image (computed on the first request)."""
-        def compute():
-            norm = member.normalization  # its statistics of this image, computed once
-            stats = self._statistics.get(norm) or self._statistics.setdefault(
-                norm, norm.statistics(self.volume.array, self._sample))
-            image = crop.sample(self.volume, norm, stats, self._fill)
-            with torch.inference_mode():
-                return member.model.embed(torch.from_numpy(image)[None, None].to(self.device))
+        return self.embeddings.get(member.name, crop, lambda: self._embed(crop, member))
 
-        return self.embeddings.get(member.name, crop, compute)
+    def keep_embedding(self, crop: Crop, member: Segmenter, budget: int, wanted=()) -> bool:
+        """Compute ``member``'s embedding of ``crop`` ahead of the prompts and keep it while kept
+        embeddings fit in ``budget`` bytes (:meth:`EmbeddingCache.keep`); False when it does not."""
+        return self.embeddings.keep(member.name, crop, lambda: self._embed(crop, member), budget, wanted)
+
+    def _embed(self, crop: Crop, member: Segmenter):
+        volume, sample, statistics, fill = self._image
+        norm = member.normalization  # its statistics of this image, computed once
+        stats = statistics.get(norm) or statistics.setdefault(norm, norm.statistics(volume.array, sample))
+        image = crop.sample(volume, norm, stats, fill)
+        with torch.inference_mode():
+            return member.model.embed(torch.from_numpy(image)[None, None].to(self.device))
 
     def tokens(self, prompts: list[Prompt], crop: Crop):
         """Prompt coordinates (1, N, 3) and kinds (1, N) on ``crop``, on the device."""

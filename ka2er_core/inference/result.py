@@ -31,6 +31,21 @@ class Result:
     clipped: bool = False
 
 
+@dataclass(frozen=True)
+class BackgroundStatus:
+    """What the background worker (:mod:`.prefetch`) has done for the current target's corrections."""
+
+    ready: int
+    """Planned crops whose embeddings are cached."""
+    planned: int
+    """Crops planned for the target's corrections (within the budget)."""
+    bytes: int
+    """Bytes of the embeddings kept for the background."""
+    budget: int
+    done: bool
+    """Nothing left to compute (every planned crop ready, or the worker off)."""
+
+
 def finite_point(ras, what: str) -> np.ndarray:
     """``ras`` as 3 finite RAS mm, else :class:`PromptError` naming ``what``."""
     point = np.asarray(ras, dtype=np.float64)

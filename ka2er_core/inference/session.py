@@ -5,7 +5,8 @@ The session decides where the model looks (a crop around the prompts, zoomed out
 fits, or a close look around a correcting click) and which member answers (:class:`Router`); the
 model space (:mod:`ka2er_core.modelspace`) turns prompts into tokens and answers back into the mask;
 :class:`Targets` keeps masks and undo; :class:`EmbeddingCache` computes each crop's image embedding
-once, so that a click inside a cached crop runs only the prompt encoder and the mask decoder.
+once, so that a click inside a cached crop runs only the prompt encoder and the mask decoder; after
+each prompt, :class:`Prefetcher` embeds the crops of the target's next corrections in the background.
 """
 
 from __future__ import annotations
@@ -22,11 +23,13 @@ from ..bundle.registry import prompt_types
 from ..errors import PromptError
 from ..geometry import foreground_bounds, ijk_box_to_ras
 from ..modelspace import ZOOM_STEP, Box, Crop, Point, Prompt, plan_crop
+from ..modelspace.lattice import Lattice
 from ..modelspace.paste import Render, render, touched_faces
 from ..modelspace.tiles import refinement_tiles
-from ..volume import Volume
+from ..volume import Grid, Volume
 from .models import ImageModels
-from .result import Region, Result, check_box, check_point
+from .prefetch import BACKGROUND_BYTES, Prefetcher
+from .result import BackgroundStatus, Region, Result, check_box, check_point
 from .strokes import drawn_pieces, make_lasso, make_scribble
 from .targets import Answer, Target, Targets
 
@@ -49,10 +52,14 @@ class InteractiveSession:
     ``model`` is a :class:`~ka2er_core.bundle.Bundle` (default: the shipped moe bundle). With a
     gate and no pinned member, the gate routes each target's first prompt (and any later box); that
     member answers the target's corrections while they change the mask (:meth:`_correctors`).
+    ``background``: after each prompt, embed the crops of the target's next corrections on a
+    low-priority thread (:mod:`.prefetch`), keeping up to ``background_bytes`` of them; corrections
+    then use lattice crops (:func:`correction_crop`).
     """
 
     def __init__(self, model: Optional[Bundle] = None, device: Union[str, torch.device] = "auto",
-                 refine: bool = False, overlap: bool = True):
+                 refine: bool = False, overlap: bool = True, background: bool = False,
+                 background_bytes: int = BACKGROUND_BYTES):
         self.device = pick_device(device)
         self.overlap = overlap
         """False: other targets' voxels are background to each prompt and never overwritten."""
@@ -72,14 +79,21 @@ class InteractiveSession:
         self.targets = Targets(None)
         self.target_name = "Segment_1"
         self.embeddings = self.models.embeddings
+        self.prefetcher = Prefetcher(self.models, background_bytes, background)
 
     # ---- image and targets ----
 
     def set_image(self, volume: Volume) -> None:
-        """Use ``volume`` (not copied); clears targets and cached embeddings."""
+        """Use ``volume`` (not copied); clears targets and cached embeddings, stops the background."""
+        self.prefetcher.cancel()
         self.volume = volume
         self.models.set_image(volume)
         self.targets = Targets(volume)
+
+    def close(self) -> None:
+        """Stop the background and drop the cached embeddings (the session is done with)."""
+        self.prefetcher.cancel()
+        self.embeddings.clear()
 
     @property
     def members(self) -> list[str]:
@@ -95,8 +109,11 @@ class InteractiveSession:
         self.pinned = member
 
     def set_target(self, name: str) -> None:
-        """Make ``name`` the current target (created empty on first use); embeddings stay cached."""
-        self.target_name = name
+        """Make ``name`` the current target (created empty on first use); embeddings stay cached,
+        and the background turns to another target's corrections."""
+        changed, self.target_name = name != self.target_name, name
+        if changed and name in self.targets and self.targets[name].bounds is not None:
+            self._prefetch(self.target)
 
     @property
     def target(self) -> Target:
@@ -115,9 +132,14 @@ class InteractiveSession:
 
     @property
     def memory_bytes(self) -> int:
-        """Bytes held beyond the model: image, masks, undo copies, crop logits, cached embeddings."""
+        """Bytes held beyond the model: image, masks, undo copies, crop logits, all embeddings kept."""
         image = 0 if self.volume is None else self.volume.array.nbytes
         return image + self.targets.memory_bytes + self.embeddings.memory_bytes
+
+    @property
+    def background(self) -> BackgroundStatus:
+        """How far the background embeddings of the current target's corrections are."""
+        return self.prefetcher.status
 
     # ---- prompts: each returns what changed ----
 
@@ -145,7 +167,10 @@ class InteractiveSession:
         """Start from an existing mask (k, j, i): it becomes the previous-mask prompt and the undo
         base; returns the region where it differs from the mask it replaces."""
         self._require_image()
-        return self.targets.set_mask(self.target_name, mask)
+        region = self.targets.set_mask(self.target_name, mask)
+        if self.target.bounds is not None:
+            self._prefetch(self.target)
+        return region
 
     def undo(self) -> Optional[Region]:
         """Undo the last prompt of the current target; returns the restored region."""
@@ -188,6 +213,20 @@ class InteractiveSession:
         return np.where(inside > 0, 1.0, -1.0).astype(np.float32)
 
     def _prompt(self, prompt: Prompt) -> Result:
+        """Answer ``prompt`` (the background waiting), then prepare the next corrections around it."""
+        with self.prefetcher.paused():
+            result = self._answer(prompt)
+        self._prefetch(self.target, np.mean(prompt.corners, axis=0))
+        return result
+
+    def _prefetch(self, target: Target, near=None) -> None:
+        """Background embeddings for ``target``'s corrections, nearest ``near`` (RAS; default: the
+        mask's centre) first."""
+        near = np.mean(target.bounds, axis=0) if near is None else near
+        members = self.models.correctors(self._planner(target), pinned=self.pinned is not None)
+        self.prefetcher.follow(members, target.mask, near)
+
+    def _answer(self, prompt: Prompt) -> Result:
         start = time.perf_counter()
         target = self.target
         prompts = target.prompts + [prompt]
@@ -224,15 +263,10 @@ class InteractiveSession:
 
     def _correct(self, target: Target, prompts: list[Prompt], start: float) -> Result:
         """A click on an existing mask: a close look around it (base spacing, the mask as the dense
-        prompt), pasted near the click only."""
+        prompt, :func:`correction_crop`), pasted near the click only."""
         click = prompts[-1].ras
-        planner = self._planner(target)
-        crop = None
-        if target.answer is not None and target.answer.crop.spacing <= planner.base_spacing * ZOOM_STEP:
-            if target.answer.crop.contains(click, click, planner.crop_size * CORRECTION_RADIUS):
-                crop = target.answer.crop
-        if crop is None:
-            crop = plan_crop(click, click, planner.crop_size, planner.base_spacing, planner.max_spacing)
+        crop = correction_crop(target.answer, self._planner(target), click, self.volume.grid,
+                               lattice=self.prefetcher.enabled)
         inside = [p for p in prompts if crop.holds(p)]
         prior, focus = self._prior(target, crop), crop.to_crop(click)
         for member in self._correctors(target, inside, crop):
@@ -269,6 +303,21 @@ def changes(piece: Render, mask: np.ndarray) -> bool:
     if piece.region is None:
         return False
     return bool((piece.reached & (piece.rendered != (mask[piece.region] > 0))).any())
+
+
+def correction_crop(answer: Optional[Answer], planner: Segmenter, click, grid: Grid, lattice: bool) -> Crop:
+    """The crop a correcting click is answered in: the last answer's while it holds the click at the
+    base spacing; else with ``lattice`` (background embeddings on) the lattice crop nearest the click,
+    which the background may have embedded already (:class:`Lattice`: the click lies up to a quarter
+    crop off its centre), else a crop centred on the click (where the model answers best: on
+    held-out phantoms 0.847 vs 0.829 mean Dice after 5 prompts, but every new crop costs an
+    embedding on the click)."""
+    if answer is not None and answer.crop.spacing <= planner.base_spacing * ZOOM_STEP:
+        if answer.crop.contains(click, click, planner.crop_size * CORRECTION_RADIUS):
+            return answer.crop
+    if lattice:
+        return Lattice(grid, planner.crop_size, planner.base_spacing).nearest(click)
+    return plan_crop(click, click, planner.crop_size, planner.base_spacing, planner.max_spacing)
 
 
 def choose_crop(answer: Optional[Answer], member: Segmenter, low, high) -> Crop:

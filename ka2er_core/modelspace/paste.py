@@ -45,6 +45,10 @@ def region_slices(crop: Crop, volume: Grid, changed_ijk_lo=None, changed_ijk_hi=
     return tuple(slice(int(a), int(b)) for a, b in zip(start[::-1], stop[::-1]))
 
 
+SLAB_VOXELS = 1 << 21
+"""Volume voxels sampled at a time: the sampling grid and its indices take about 50 bytes a voxel."""
+
+
 def sample_logits(logits: torch.Tensor, crop: Crop, volume: Grid, region: tuple[slice, slice, slice],
                   cells: Optional[np.ndarray] = None) -> tuple[np.ndarray, np.ndarray]:
     """Trilinear samples of crop ``logits`` (S, S, S) at the volume voxels of ``region``.
@@ -52,7 +56,7 @@ def sample_logits(logits: torch.Tensor, crop: Crop, volume: Grid, region: tuple[
     Returns bool arrays of the region's shape: the mask (logit > 0) and which voxels the crop
     reaches. With ``cells`` ((S/b)^3 bool, (k, j, i), from :func:`changed_cells`), a voxel counts as
     reached only when its nearest crop voxel lies in an active cell. Only the region's voxels are
-    computed, in one pass.
+    computed, a slab of :data:`SLAB_VOXELS` at a time.
     """
     frame = crop.grid
     k, j, i = (np.arange(s.start, s.stop, dtype=np.float32) for s in region)
@@ -61,22 +65,27 @@ def sample_logits(logits: torch.Tensor, crop: Crop, volume: Grid, region: tuple[
     scale = 2.0 / (np.asarray(frame.shape[::-1], dtype=np.float32) - 1)
     m = volume_to_crop[:3, :3] * scale[:, None]
     t = volume_to_crop[:3, 3] * scale - 1
-    grid = (torch.from_numpy(t)
-            + torch.from_numpy(k)[:, None, None, None] * torch.from_numpy(m[:, 2])
-            + torch.from_numpy(j)[None, :, None, None] * torch.from_numpy(m[:, 1])
-            + torch.from_numpy(i)[None, None, :, None] * torch.from_numpy(m[:, 0]))
-    values = torch.nn.functional.grid_sample(
-        logits[None, None].float().cpu(), grid[None], mode="bilinear", padding_mode="border",
-        align_corners=True)[0, 0]
-    inside = (grid.abs() <= 1 + 1e-6).all(dim=-1).numpy()
-    if cells is not None:
-        size = torch.tensor(frame.shape[::-1], dtype=torch.float32) - 1  # (i, j, k)
-        nearest = torch.round((grid + 1) / 2 * size).long()
-        nearest = torch.minimum(nearest.clamp(min=0), size.long())
-        block = frame.shape[0] // cells.shape[0]
-        cell = (nearest // block).numpy()
-        inside &= cells[cell[..., 2], cell[..., 1], cell[..., 0]]
-    return (values > 0).numpy(), inside
+    source = logits[None, None].float().cpu()
+    mask = np.empty((len(k), len(j), len(i)), bool)
+    inside = np.empty_like(mask)
+    slab = max(1, SLAB_VOXELS // (len(j) * len(i)))  # k-slices at a time: bounded temporaries
+    for start in range(0, len(k), slab):
+        grid = (torch.from_numpy(t)
+                + torch.from_numpy(k[start:start + slab])[:, None, None, None] * torch.from_numpy(m[:, 2])
+                + torch.from_numpy(j)[None, :, None, None] * torch.from_numpy(m[:, 1])
+                + torch.from_numpy(i)[None, None, :, None] * torch.from_numpy(m[:, 0]))
+        values = torch.nn.functional.grid_sample(source, grid[None], mode="bilinear", padding_mode="border",
+                                                 align_corners=True)[0, 0]
+        mask[start:start + slab] = (values > 0).numpy()
+        inside[start:start + slab] = (grid.abs() <= 1 + 1e-6).all(dim=-1).numpy()
+        if cells is not None:
+            size = torch.tensor(frame.shape[::-1], dtype=torch.float32) - 1  # (i, j, k)
+            nearest = torch.round((grid + 1) / 2 * size).long()
+            nearest = torch.minimum(nearest.clamp(min=0), size.long())
+            block = frame.shape[0] // cells.shape[0]
+            cell = (nearest // block).numpy()
+            inside[start:start + slab] &= cells[cell[..., 2], cell[..., 1], cell[..., 0]]
+    return mask, inside
 
 
 def changed_cells(new_logits: np.ndarray, old_logits: np.ndarray, block: int = 4,

@@ -29,10 +29,11 @@ from .. import __version__
 from ..bundle import Bundle
 from ..bundle.registry import prompt_types
 from ..errors import Ka2erError, PromptError
+from ..inference.prefetch import BACKGROUND_BYTES
 from ..inference.session import InteractiveSession
 from ..modelspace.strokes import MAX_STROKE_POINTS
 from .guard import Guard, TokenBuckets
-from .sessions import Entry, SessionGone, SessionStore, SessionTooLarge, short_ids
+from .sessions import Entry, SessionGone, SessionStore, SessionTooLarge, held_bytes, short_ids
 from .wire import WireError, decode_array, decode_volume, encode_array, encode_region
 from .worker import ModelWorker, WorkerBusy
 
@@ -65,7 +66,9 @@ class Limits:
     """Targets per session; a new one past it answers 409 until one is reset."""
     max_sessions: int = limit(16, "--max-sessions")
     max_memory_bytes: int = limit(8 << 30, "--max-memory-gb", 1 << 30)
-    """All sessions together (images, masks, undo copies, cached embeddings); not the model."""
+    """All sessions together (images, masks, undo copies, cached and background embeddings); not the
+    model. Each session's background embeddings may take up to this over ``max_sessions`` (at most
+    :data:`BACKGROUND_BYTES`)."""
     idle_seconds: float = limit(1800.0, "--idle-minutes", 60)
     rate_per_second: float = limit(50.0, "--rate")
     rate_burst: int = limit(200)
@@ -161,6 +164,19 @@ class SessionReply(BaseModel):
     expires_after_idle_s: float
 
 
+class Background(BaseModel):
+    ready: int = Field(description="crops of the current target's next corrections embedded already")
+    planned: int = Field(description="crops planned for them (within the budget)")
+    bytes: int = Field(description="bytes of the embeddings kept for them")
+    budget: int
+    done: bool = Field(description="nothing left to compute")
+
+
+class SessionInfo(SessionReply):
+    memory_bytes: int = Field(description="what the session holds, its background budget included")
+    background: Background
+
+
 class Problem(BaseModel):
     detail: str
     code: Optional[str] = None
@@ -178,6 +194,7 @@ def create_app(bundle: Bundle, token: Optional[str], limits: Limits = Limits(),
     """The API over ``bundle``. ``token`` None: no token check (only for ``--insecure-local``)."""
     store = SessionStore(limits.max_sessions, limits.max_memory_bytes, limits.idle_seconds)
     worker = ModelWorker(limits.max_queue)
+    background_bytes = min(BACKGROUND_BYTES, limits.max_memory_bytes // limits.max_sessions)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -242,7 +259,7 @@ def create_app(bundle: Bundle, token: Optional[str], limits: Limits = Limits(),
 
         def job():
             result = work(entry.session)
-            return result, entry.session.memory_bytes
+            return result, held_bytes(entry.session)
         result, nbytes = await worker.run(job)
         store.update(session_id, nbytes)
         return result
@@ -306,15 +323,26 @@ def create_app(bundle: Bundle, token: Optional[str], limits: Limits = Limits(),
                                          limits.max_memory_bytes)
 
         def start() -> InteractiveSession:
-            session = InteractiveSession(bundle, device=device)
+            session = InteractiveSession(bundle, device=device, background=True,
+                                         background_bytes=background_bytes)
             session.set_image(volume)
             return session
         session = await worker.run(start)
-        session_id = store.add(session, session.memory_bytes)
+        session_id = store.add(session, held_bytes(session))
         log.info("%s: image %s %s, %d sessions, %.0f MB", short_ids(f"/sessions/{session_id}"),
                  volume.shape, volume.array.dtype, len(store), store.nbytes / 1e6)
         return SessionReply(session=session_id, shape=list(volume.shape), members=session.members,
                             expires_after_idle_s=limits.idle_seconds)
+
+    @app.get("/sessions/{session_id}", dependencies=secured, responses=ERRORS)
+    async def session_info(session_id: SessionId) -> SessionInfo:
+        """The session, and how far its background embeddings are (read at once: never queued
+        behind the model's work)."""
+        entry = store.get(session_id)
+        session = entry.session
+        return SessionInfo(session=session_id, shape=list(session.volume.shape), members=session.members,
+                           expires_after_idle_s=limits.idle_seconds, memory_bytes=entry.nbytes,
+                           background=Background(**asdict(session.background)))
 
     @app.delete("/sessions/{session_id}", status_code=204, dependencies=secured, responses=ERRORS)
     async def delete_session(session_id: SessionId) -> Response:

@@ -24,8 +24,8 @@ from urllib.parse import quote, urlsplit
 import numpy as np
 
 from ..errors import Ka2erError, PromptError
-from ..inference.result import (Region, Result, check_box, check_lasso, check_mask, check_point,
-                                check_stroke)
+from ..inference.result import (BackgroundStatus, Region, Result, check_box, check_lasso, check_mask,
+                                check_point, check_stroke)
 from ..volume import Volume
 from .wire import decode_region, encode_array, encode_volume
 
@@ -150,6 +150,11 @@ class RemoteSession:
     @property
     def undo_depth(self) -> int:
         return self._undo_depth.get(self.target_name, 0)
+
+    @property
+    def background(self) -> BackgroundStatus:
+        """How far the server's background embeddings of the current target's corrections are."""
+        return BackgroundStatus(**self._call("GET", "")["background"])
 
     def add_point(self, ras: Sequence[float], positive: bool = True) -> Result:
         point = check_point(self._require_image(), ras, "point")

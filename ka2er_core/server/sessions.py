@@ -43,7 +43,7 @@ UPLOAD_GRACE_SECONDS = 10.0
 class Entry:
     session: InteractiveSession
     last_used: float
-    nbytes: int = 0  # InteractiveSession.memory_bytes after its last request
+    nbytes: int = 0  # held_bytes(session) after its last request
     replies: dict = field(default_factory=dict)
     """(route, target, request id) -> the task answering it, for the last few prompts (a client's retry
     of a prompt whose reply it never got shares that reply instead of applying the prompt twice)."""
@@ -113,7 +113,7 @@ class SessionStore:
             return
         entry.nbytes = nbytes
         if nbytes > self.max_bytes:
-            del self._entries[session_id]
+            self._drop(session_id)
             self.evicted += 1
             raise SessionTooLarge(f"the session grew to {mb(nbytes)}, past the {mb(self.max_bytes)} the "
                                   "server keeps for all sessions (--max-memory-gb), and was dropped: "
@@ -126,14 +126,19 @@ class SessionStore:
             entry.replies.pop(next(iter(entry.replies)))
 
     def remove(self, session_id: str) -> None:
-        if self._entries.pop(session_id, None) is None:
+        if session_id not in self._entries:
             raise SessionGone(session_id)
+        self._drop(session_id)
 
     def sweep(self) -> None:
         """Drop sessions idle for longer than ``idle_seconds``."""
         now = self.clock()
         for session_id in [s for s, e in self._entries.items() if now - e.last_used > self.idle_seconds]:
-            del self._entries[session_id]
+            self._drop(session_id)
+
+    def _drop(self, session_id: str) -> None:
+        """Forget a session, stopping its background embeddings (its thread may hold it a while)."""
+        self._entries.pop(session_id).session.close()
 
     def _evict(self, keep: str, growth: int = 0) -> None:
         """Drop the least recently used sessions but ``keep`` until the count and the bytes (plus
@@ -147,10 +152,16 @@ class SessionStore:
             waiting = {s for s in others if not self._entries[s].used
                        and now - self._entries[s].last_used < UPLOAD_GRACE_SECONDS}
             oldest = next((s for s in others if s not in waiting), others[0])
-            del self._entries[oldest]
+            self._drop(oldest)
             self.evicted += 1
         self.peak_sessions = max(self.peak_sessions, len(self._entries))
         self.peak_bytes = max(self.peak_bytes, self.nbytes)
+
+
+def held_bytes(session: InteractiveSession) -> int:
+    """What a session holds, counting in full the background embeddings it may still add (the
+    worker fills its budget between requests, unseen by the store)."""
+    return session.memory_bytes + session.prefetcher.headroom
 
 
 def mb(nbytes: int) -> str:

@@ -202,7 +202,7 @@ def test_eight_concurrent_clients_get_their_own_masks(bundle):
         return clicks_on(subject, "liver", 12)
 
     def expected(subject):
-        session = InteractiveSession(bundle, device="cpu")
+        session = InteractiveSession(bundle, device="cpu", background=True)  # as the server's
         session.set_image(subject.image)
         for point in clicks(subject):
             session.add_point(point)

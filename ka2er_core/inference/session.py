@@ -52,9 +52,9 @@ class InteractiveSession:
     ``model`` is a :class:`~ka2er_core.bundle.Bundle` (default: the shipped moe bundle). With a
     gate and no pinned member, the gate routes each target's first prompt (and any later box); that
     member answers the target's corrections while they change the mask (:meth:`_correctors`).
-    ``background``: after each prompt, embed the crops of the target's next corrections on a
-    low-priority thread (:mod:`.prefetch`), keeping up to ``background_bytes`` of them; corrections
-    then use lattice crops (:func:`correction_crop`).
+    ``background`` (the server and the Slicer module turn it on): after each prompt, embed the crops
+    of the target's next corrections on a low-priority thread (:mod:`.prefetch`), keeping up to
+    ``background_bytes``; corrections then use lattice crops (:func:`correction_crop`).
     """
 
     def __init__(self, model: Optional[Bundle] = None, device: Union[str, torch.device] = "auto",
